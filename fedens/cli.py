@@ -1,0 +1,135 @@
+"""The ``fedens`` command.
+
+``fedens run [hydra overrides]`` runs an experiment (a Hydra app: ``key=value``,
+``-m`` for multirun, ``--cfg job`` ...); ``fedens ledger RUN_DIR [--json]``
+prints what each site spent. Bad input: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+USAGE = """usage: fedens run [KEY=VALUE ...] [-m] [hydra flags]
+       fedens ledger RUN_DIR [--json]
+
+  run     run an experiment (default: experiment=quickstart); a Hydra app
+  ledger  epsilon spent and left per site of a finished run"""
+
+
+def fail(message: str) -> NoReturn:
+    print(f"fedens: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _explain_hydra_error(error: Exception, overrides: list[str]) -> str:
+    """One line for a Hydra composition error: the key, the value, what is allowed."""
+    text = str(error)
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if missing:
+        group, name = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        allowed = ", ".join(options) if options else "(none found)"
+        return f"{group}={name} is not a known {group} config; choose one of: {allowed}"
+    unknown = re.search(r"Could not override '([^']+)'", text) or re.search(
+        r"Key '([^']+)' is not in struct", text
+    )
+    if unknown:
+        key = unknown.group(1)
+        given = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
+        return (
+            f"unknown config key {key!r} (in {given!r}); see the keys with "
+            "`fedens run --cfg job`, or add a new key with +key=value"
+        )
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def _compose(overrides: list[str]):  # type: ignore[no-untyped-def]
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _prevalidate(overrides: list[str]) -> None:
+    """Compose and validate before Hydra creates a run directory: nothing half-written."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fedens.experiment import ConfigError, validate
+
+    try:
+        cfg = _compose(overrides)
+        validate(cfg)
+    except ConfigError as error:
+        fail(str(error))
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        fail(_explain_hydra_error(error, overrides))
+
+
+def _hydra_task(cfg) -> None:  # type: ignore[no-untyped-def]
+    from fedens.experiment import ConfigError, run
+
+    try:
+        run(cfg)
+    except ConfigError as error:
+        fail(str(error))
+
+
+def run_command(args: list[str]) -> None:
+    import hydra
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    informational = any(a.startswith("--cfg") or a in ("-c", "--help", "-h", "--info", "-i")
+                        for a in args)
+    if not multirun and not informational:
+        _prevalidate([a for a in args if not a.startswith("-")])
+    sys.argv = ["fedens run", *args]
+    main_fn = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
+        _hydra_task
+    )
+    main_fn()
+
+
+def ledger_command(args: list[str]) -> None:
+    from fedens.privacy import PrivacyLedger
+
+    as_json = "--json" in args
+    paths = [a for a in args if a != "--json"]
+    if len(paths) != 1:
+        fail("ledger takes one run directory: fedens ledger RUN_DIR [--json]")
+    run_dir = Path(paths[0])
+    ledgers = sorted(run_dir.glob("sites/site_*/ledger.sqlite"),
+                     key=lambda p: int(p.parent.name.split("_")[1]))
+    if not ledgers:
+        fail(f"no site ledgers under {run_dir}/sites/*/ledger.sqlite: is it a fedens run directory?")
+    report = {}
+    for path in ledgers:
+        ledger = PrivacyLedger.open_existing(path)
+        report[ledger.site] = {**ledger.summary(), "records": ledger.records()}
+        ledger.close()
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{'site':>6} {'epsilon':>9} {'budget':>8} {'left':>8} {'events':>7} {'refused':>8}  delta")
+    for site, s in report.items():
+        print(f"{site:>6} {s['epsilon']:9.3f} {s['budget']:8g} {s['remaining']:8.3f} "
+              f"{s['events']:7d} {s['refusals']:8d}  {s['delta']:g} ({s['accounting']})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = args[0], args[1:]
+    if command == "run":
+        run_command(rest)
+    elif command == "ledger":
+        ledger_command(rest)
+    else:
+        fail(f"unknown command {command!r}; choose one of: run, ledger\n{USAGE}")

@@ -1,0 +1,349 @@
+"""``run(cfg)``: one experiment, composed from the layers below, and its report.
+
+A run directory ends up holding ``results.json`` (DESIGN.md schema, written
+last and atomically), ``metrics.csv`` (one row per round), ``accuracy.png``,
+the sites' ledgers (``sites/site_<i>/ledger.sqlite``) and, from Hydra, the
+resolved config (``.hydra/config.yaml``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from fedens.combiners import GatedEnsemble, MeanCombiner, VoteCombiner, train_gated_ensemble
+from fedens.data import load_task
+from fedens.data.partition import dirichlet_partition
+from fedens.experts import expert_outputs, save_experts, train_expert_network
+from fedens.federation import layout as L
+from fedens.federation.server_app import evaluate_combiner
+from fedens.federation.simulation import run_in_simulation
+from fedens.privacy import PrivacyLedger
+
+SCHEMA_VERSION = 1
+console = Console(highlight=False)
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key, value and what is allowed."""
+
+
+def _check(cfg: DictConfig, key: str, ok: Any, expected: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    try:
+        good = bool(ok(value))
+    except TypeError:
+        good = False
+    if not good:
+        raise ConfigError(f"invalid {key}={value!r}: expected {expected}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first out-of-range value, before anything runs."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    _check(cfg, "federation.num_sites", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _check(cfg, "federation.num_rounds", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _check(cfg, "federation.fraction_train", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
+    _check(cfg, "federation.min_sites",
+           lambda v: is_int(v) and 1 <= v <= cfg.federation.num_sites,
+           f"an integer in [1, federation.num_sites={cfg.federation.num_sites}]")
+    _check(cfg, "partition.alpha", lambda v: is_num(v) and v > 0, "a number > 0")
+    _check(cfg, "privacy.epsilon", lambda v: is_num(v) and v > 0, "a number > 0")
+    _check(cfg, "privacy.delta", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
+    _check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
+    _check(cfg, "privacy.max_grad_norm", lambda v: is_num(v) and v > 0, "a number > 0")
+    _check(cfg, "experts.num_experts", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _check(cfg, "combiner.top_k", lambda v: is_int(v) and 1 <= v <= cfg.experts.num_experts,
+           f"an integer in [1, experts.num_experts={cfg.experts.num_experts}]")
+    for key in ("combiner.local_epochs", "combiner.batch_size", "combiner.central_epochs"):
+        _check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _check(cfg, "combiner.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+    for key in ("data.public_fraction", "data.test_fraction"):
+        _check(cfg, key, lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
+    _check(cfg, "data.test_fraction", lambda v: v + cfg.data.public_fraction < 1,
+           f"public_fraction + test_fraction < 1 (public_fraction={cfg.data.public_fraction})")
+
+
+def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
+    return float((proba.argmax(axis=1) == y).mean())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Data, experts and each party's files; returns what the report needs."""
+    task = load_task(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction, cfg.seed)
+    sites = dirichlet_partition(
+        task.private.y, cfg.federation.num_sites, cfg.partition.alpha, cfg.seed,
+        cfg.partition.min_partition_size,
+    )
+    console.print(
+        f"data  {task.name}: public {len(task.public)}, private {len(task.private)} over "
+        f"{len(sites)} sites (Dirichlet α={cfg.partition.alpha}; sizes {[len(s) for s in sites]}), "
+        f"test {len(task.test)}"
+    )
+    experts = train_expert_network(
+        task.public, task.num_classes, cfg.experts.num_experts, list(cfg.experts.families),
+        cfg.experts.specialty_classes, cfg.experts.in_fraction, cfg.experts.out_fraction, cfg.seed,
+    )
+    save_experts(experts, run_dir / "experts.pkl")
+    for site, records in enumerate(sites):  # in simulation, stands for each site's own disk
+        L.site_dir(run_dir, site).mkdir(parents=True, exist_ok=True)
+        np.savez(L.site_dir(run_dir, site) / "data.npz",
+                 X=task.private.X[records], y=task.private.y[records])
+    L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(L.coordinator_test_path(run_dir), X=task.test.X, y=task.test.y)
+    return {"task": task, "sites": sites, "experts": experts}
+
+
+def _baselines(cfg: DictConfig, task: Any, experts: list) -> tuple[dict[str, float], GatedEnsemble]:
+    from sklearn.neural_network import MLPClassifier
+
+    y = task.test.y
+    P = expert_outputs(experts, task.test.X)
+    singles = [_accuracy(P[:, k], y) for k in range(P.shape[1])]
+    central_router = train_gated_ensemble(
+        task.private.X, expert_outputs(experts, task.private.X), task.private.y,
+        cfg.combiner.central_epochs, cfg.combiner.lr, cfg.combiner.batch_size, cfg.seed,
+    )
+    central_scores = evaluate_combiner(central_router, P, task.test.X, y, cfg.combiner.top_k)
+    X_all = np.concatenate([task.public.X, task.private.X])
+    y_all = np.concatenate([task.public.y, task.private.y])
+    central_model = MLPClassifier((64,), max_iter=2000, random_state=cfg.seed).fit(X_all, y_all)
+    baselines = {
+        "best_single_expert_accuracy": max(singles),
+        "mean_single_expert_accuracy": float(np.mean(singles)),
+        "uniform_mean_accuracy": _accuracy(MeanCombiner().combine(P), y),
+        "plurality_vote_accuracy": _accuracy(VoteCombiner().combine(P), y),
+        "central_nonprivate_router_accuracy": central_scores["router_accuracy"],
+        "central_nonprivate_router_topk_accuracy": central_scores["router_topk_accuracy"],
+        "central_nonprivate_weights_accuracy": central_scores["weights_accuracy"],
+        "centralized_reference_accuracy": float(central_model.score(task.test.X, y)),
+    }
+    return baselines, central_router
+
+
+def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    settings = {
+        L.RUN_DIR: str(run_dir),
+        L.EXPERTS_PATH: str(run_dir / "experts.pkl"),
+        L.NUM_ROUNDS: cfg.federation.num_rounds,
+        L.LOCAL_EPOCHS: cfg.combiner.local_epochs,
+        L.BATCH_SIZE: cfg.combiner.batch_size,
+        L.LEARNING_RATE: float(cfg.combiner.lr),
+        L.TARGET_EPSILON: float(cfg.privacy.epsilon),
+        L.BUDGET_EPSILON: float(cfg.privacy.budget),
+        L.DELTA: float(cfg.privacy.delta),
+        L.MAX_GRAD_NORM: float(cfg.privacy.max_grad_norm),
+        L.FRACTION_TRAIN: float(cfg.federation.fraction_train),
+        L.MIN_SITES: cfg.federation.min_sites,
+        L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
+        L.TOP_K: cfg.combiner.top_k,
+        L.SEED: cfg.seed,
+    }
+
+    def progress(row: dict[str, Any]) -> None:
+        if row["round"] == 0:
+            console.print(f"round  0/{row['num_rounds']}  router {row['router_accuracy']:.3f} "
+                          f"(initial: uniform gate)")
+            return
+        console.print(
+            f"round {row['round']:2d}/{row['num_rounds']}  router {row['router_accuracy']:.3f}  "
+            f"top-{cfg.combiner.top_k} {row['router_topk_accuracy']:.3f}  "
+            f"weights {row['weights_accuracy']:.3f}  sites {row['sites_reporting']}  "
+            f"ε_max {row['epsilon_max']:.2f}  [{row['elapsed_s']:.0f} s]"
+        )
+
+    console.print(
+        f"federation  Flower simulation: {cfg.federation.num_sites} sites, "
+        f"{cfg.federation.num_rounds} FedAvg rounds, DP-SGD target ε={cfg.privacy.epsilon:g} "
+        f"at δ={cfg.privacy.delta:g} per site"
+    )
+    run_in_simulation(settings, cfg.federation.num_sites, num_cpus=cfg.federation.num_cpus,
+                      progress=progress, verbose=cfg.federation.verbose)
+    out = L.federation_dir(run_dir)
+    if not (out / "rounds.json").is_file():
+        raise RuntimeError(f"the federation ended without writing {out / 'rounds.json'}")
+    return json.loads((out / "rounds.json").read_text())
+
+
+def _privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> dict[str, Any]:
+    per_site: dict[str, Any] = {}
+    refused = 0
+    last_reports: dict[str, Any] = {}
+    for reports in rounds["sites"].values():
+        last_reports.update(reports)
+    for site in range(cfg.federation.num_sites):
+        path = L.site_dir(run_dir, site) / "ledger.sqlite"
+        if not path.is_file():
+            per_site[str(site)] = {"epsilon": None, "budget": float(cfg.privacy.budget)}
+            continue
+        ledger = PrivacyLedger.open_existing(path)
+        summary = ledger.summary()
+        ledger.close()
+        refused += summary["refusals"]
+        report = last_reports.get(str(site), {})
+        per_site[str(site)] = {
+            "epsilon": summary["epsilon"] if summary["events"] else None,
+            "budget": summary["budget"],
+            "events": summary["events"],
+            "refusals": summary["refusals"],
+            "opacus_epsilon": report.get("opacus-epsilon"),
+            "noise_multiplier": report.get("noise-multiplier"),
+        }
+    spent = [s["epsilon"] for s in per_site.values() if s["epsilon"] is not None]
+    return {
+        "delta": float(cfg.privacy.delta),
+        "epsilon_max": max(spent) if spent else None,
+        "per_site": per_site,
+        "rounds_refused": refused,
+        "accounting": "rdp-data-independent",
+        "mechanism": "dp-sgd (opacus), record-level, per site",
+    }
+
+
+def _write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float], top_k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(rounds, [r["router_accuracy"] for r in rows], "o-", label="router (dense), DP")
+    ax.plot(rounds, [r["router_topk_accuracy"] for r in rows], "s--", label=f"router top-{top_k}, DP")
+    ax.plot(rounds, [r["weights_accuracy"] for r in rows], "^-", label="learned weights, DP")
+    for key, style in (("centralized_reference_accuracy", "k-"),
+                       ("central_nonprivate_router_accuracy", "g:"),
+                       ("uniform_mean_accuracy", "b:"),
+                       ("best_single_expert_accuracy", "r:")):
+        ax.axhline(baselines[key], linestyle=style[1:], color=style[0],
+                   label=key.replace("_accuracy", "").replace("_", " "))
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _print_table(results: dict[str, Any], top_k: int) -> None:
+    b, m = results["baselines"], results["metrics"]
+    table = Table(title=f"fedens {results['experiment']}: test accuracy")
+    table.add_column("combiner")
+    table.add_column("accuracy", justify="right")
+    table.add_column("expert calls / query", justify="right")
+    K = results["cost"]["num_experts"]
+    for label, value, calls in (
+        ("best single expert", b["best_single_expert_accuracy"], 1),
+        ("mean single expert", b["mean_single_expert_accuracy"], 1),
+        ("uniform mean", b["uniform_mean_accuracy"], K),
+        ("plurality vote", b["plurality_vote_accuracy"], K),
+        ("learned weights (federated, DP)", m["weights_accuracy"], K),
+        ("router dense (federated, DP)", m["test_accuracy"], K),
+        (f"router top-{top_k} (federated, DP)", m["router_topk_accuracy"], top_k),
+        ("router dense (central, non-private)", b["central_nonprivate_router_accuracy"], K),
+        ("centralized model on all data", b["centralized_reference_accuracy"], "-"),
+    ):
+        table.add_row(label, f"{value:.3f}", str(calls))
+    console.print(table)
+    p = results["privacy"]
+    sites = Table(title=f"privacy per site (δ={p['delta']:g}, {p['accounting']})")
+    for col in ("site", "ε spent", "budget", "ε (opacus cross-check)", "σ"):
+        sites.add_column(col, justify="right")
+    for site, s in p["per_site"].items():
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        sites.add_row(site, fmt(s["epsilon"]), f"{s['budget']:g}", fmt(s.get("opacus_epsilon")),
+                      fmt(s.get("noise_multiplier")))
+    console.print(sites)
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one experiment and write its report; returns the results.json content.
+
+    ``run_dir`` defaults to Hydra's run directory.
+    """
+    validate(cfg)
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    torch.manual_seed(cfg.seed)
+
+    prepared = _prepare(cfg, run_dir)
+    task, experts = prepared["task"], prepared["experts"]
+    baselines, _ = _baselines(cfg, task, experts)
+    console.print(
+        f"experts  {len(experts)} trained; best single {baselines['best_single_expert_accuracy']:.3f}, "
+        f"uniform mean {baselines['uniform_mean_accuracy']:.3f}, central non-private router "
+        f"{baselines['central_nonprivate_router_accuracy']:.3f}"
+    )
+    rounds = _federate(cfg, run_dir)
+    final = rounds["rounds"][-1]
+    K = len(experts)
+    results = {
+        "schema": SCHEMA_VERSION,
+        "experiment": cfg.name,
+        "seed": cfg.seed,
+        "data": {
+            "name": task.name,
+            "num_sites": cfg.federation.num_sites,
+            "num_classes": task.num_classes,
+            "partition": f"dirichlet({cfg.partition.alpha:g})",
+            "site_sizes": [len(s) for s in prepared["sites"]],
+        },
+        "metrics": {
+            "test_accuracy": final["router_accuracy"],
+            "test_nll": final["router_nll"],
+            "router_topk_accuracy": final["router_topk_accuracy"],
+            "weights_accuracy": final["weights_accuracy"],
+            "weights_nll": final["weights_nll"],
+        },
+        "baselines": baselines,
+        "cost": {
+            "num_experts": K,
+            "expert_calls_per_query": GatedEnsemble.expert_calls_per_query(K),
+            "expert_calls_per_query_topk": GatedEnsemble.expert_calls_per_query(K, cfg.combiner.top_k),
+        },
+        "privacy": {
+            **_privacy_report(cfg, run_dir, rounds),
+            "queries_answered": len(task.test),
+            "queries_refused": 0,
+        },
+        "timing": {"wall_s": time.monotonic() - started, "rounds": cfg.federation.num_rounds},
+    }
+    _write_metrics_csv(run_dir / "metrics.csv", rounds["rounds"])
+    _plot(run_dir / "accuracy.png", rounds["rounds"], baselines, cfg.combiner.top_k)
+    _write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
+    _print_table(results, cfg.combiner.top_k)
+    console.print(f"results  {run_dir / 'results.json'}  ({results['timing']['wall_s']:.1f} s)")
+    return results

@@ -1,0 +1,53 @@
+"""Where each party keeps its files, and the run settings the apps read.
+
+The apps read their settings from ``context.run_config`` (``flwr run``) and a
+site's own paths and budget from ``context.node_config`` (``--node-config``);
+in simulation the same keys come from the dict given to the app factories.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+# Keys of the run settings (Flower's run_config style: hyphenated).
+RUN_DIR = "run-dir"
+EXPERTS_PATH = "experts-path"
+NUM_ROUNDS = "num-rounds"
+LOCAL_EPOCHS = "local-epochs"
+BATCH_SIZE = "batch-size"
+LEARNING_RATE = "lr"
+TARGET_EPSILON = "target-epsilon"
+BUDGET_EPSILON = "budget-epsilon"
+DELTA = "delta"
+MAX_GRAD_NORM = "max-grad-norm"
+FRACTION_TRAIN = "fraction-train"
+MIN_SITES = "min-sites"
+ROUND_TIMEOUT = "round-timeout"
+TOP_K = "top-k"
+SEED = "seed"
+
+# Keys of a site's node_config (deployment: --node-config; simulation: Flower's).
+PARTITION_ID = "partition-id"
+DATA_PATH = "data-path"
+LEDGER_PATH = "ledger-path"
+
+
+def site_dir(run_dir: str | Path, site: int) -> Path:
+    """In simulation, the folder that stands for site ``site``'s own disk."""
+    return Path(run_dir) / "sites" / f"site_{site}"
+
+
+def coordinator_test_path(run_dir: str | Path) -> Path:
+    """The coordinator's evaluation split (it never holds site data)."""
+    return Path(run_dir) / "coordinator" / "test.npz"
+
+
+def federation_dir(run_dir: str | Path) -> Path:
+    """Where the coordinator writes the global combiner and per-round metrics."""
+    return Path(run_dir) / "federation"
+
+
+def merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings given to the app factory, overridden by Flower's run_config."""
+    return {**defaults, **dict(overrides)}

@@ -1,0 +1,50 @@
+"""Run the fedens apps under Flower's Simulation Engine (Ray) on one machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any, Mapping
+
+from fedens.federation.client_app import make_client_app
+from fedens.federation.server_app import ProgressFn, make_server_app
+
+
+def run_in_simulation(
+    settings: Mapping[str, Any],
+    num_sites: int,
+    *,
+    num_cpus: int = 2,
+    progress: ProgressFn | None = None,
+    verbose: bool = False,
+) -> None:
+    """Run ``num_sites`` simulated SuperNodes and the coordinator until all rounds end."""
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=make_server_app(settings, progress),
+                client_app=make_client_app(settings),
+                num_supernodes=num_sites,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {
+                        "num_cpus": num_cpus,
+                        "include_dashboard": False,
+                        "logging_level": "ERROR" if not verbose else "INFO",
+                        "log_to_driver": verbose,
+                    },
+                },
+                verbose_logging=verbose,
+            )
+    finally:
+        flwr_logger.setLevel(level)

@@ -1,0 +1,16 @@
+"""Privacy: DP events and their accounting (dp-accounting), ledgers, Opacus glue."""
+
+from fedens.privacy.accounting import (
+    calibrate_dpsgd_noise,
+    dpsgd_event,
+    epsilon_from_events,
+)
+from fedens.privacy.ledger import BudgetExceeded, PrivacyLedger
+
+__all__ = [
+    "calibrate_dpsgd_noise",
+    "dpsgd_event",
+    "epsilon_from_events",
+    "BudgetExceeded",
+    "PrivacyLedger",
+]

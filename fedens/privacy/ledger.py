@@ -1,0 +1,204 @@
+"""One durable privacy ledger per site (SQLite, WAL, one transaction per release).
+
+Every release charged to a site is stored as a dp-accounting ``DpEvent`` in its
+own serialisable form (``DpEvent.to_named_tuple()``), so anyone can recompute
+the site's epsilon from the file with dp-accounting alone. The budget is
+checked inside the same transaction that records the event: a release that
+would exceed it is refused and the refusal recorded instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import namedtuple
+from pathlib import Path
+from typing import Any
+
+import dp_accounting
+
+from fedens.privacy.accounting import ACCOUNTING_METHOD, epsilon_from_events
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
+    mechanism TEXT NOT NULL, params TEXT NOT NULL, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
+    mechanism TEXT NOT NULL, epsilon_if_released REAL NOT NULL);
+"""
+
+
+class BudgetExceeded(RuntimeError):
+    """A release was refused because it would take the site past its budget."""
+
+
+def event_to_json(event: dp_accounting.DpEvent) -> str:
+    """Serialise a DpEvent through ``to_named_tuple()`` as nested JSON objects."""
+
+    def plain(value: Any) -> Any:
+        if hasattr(value, "_asdict"):
+            return {k: plain(v) for k, v in value._asdict().items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return json.dumps(plain(event.to_named_tuple()))
+
+
+def event_from_json(text: str) -> dp_accounting.DpEvent:
+    """Inverse of :func:`event_to_json`, through ``DpEvent.from_named_tuple``."""
+
+    def tupled(value: Any) -> Any:
+        if isinstance(value, dict):
+            fields = {k: tupled(v) for k, v in value.items()}
+            return namedtuple(f"_{fields['class_name']}", list(fields))(**fields)
+        if isinstance(value, list):
+            return [tupled(v) for v in value]
+        return value
+
+    return dp_accounting.DpEvent.from_named_tuple(tupled(json.loads(text)))
+
+
+class PrivacyLedger:
+    """The record of every DP event charged to one site, and its budget.
+
+    Parameters
+    ----------
+    path : SQLite file; created if missing, reopened (with its events) if present.
+    site : the site's name.
+    budget_epsilon, delta : the site's budget: epsilon at delta.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from fedens.privacy.accounting import dpsgd_event
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "site.sqlite"
+    >>> ledger = PrivacyLedger(path, site="0", budget_epsilon=8.0, delta=1e-5)
+    >>> eps = ledger.charge(dpsgd_event(1.0, 0.1, 10), mechanism="dpsgd", round=1)
+    >>> 0 < ledger.epsilon() == eps <= 8.0
+    True
+    """
+
+    def __init__(self, path: Path | str, site: str, budget_epsilon: float, delta: float) -> None:
+        if budget_epsilon <= 0:
+            raise ValueError(f"budget_epsilon must be > 0, got {budget_epsilon}")
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self.site, self.budget_epsilon, self.delta = site, float(budget_epsilon), float(delta)
+        with self._transaction():
+            for key, value in (
+                ("site", site),
+                ("budget_epsilon", repr(self.budget_epsilon)),
+                ("delta", repr(self.delta)),
+                ("accounting", ACCOUNTING_METHOD),
+            ):
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @classmethod
+    def open_existing(cls, path: Path | str) -> "PrivacyLedger":
+        """Reopen a ledger with the budget it was written with."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no privacy ledger at {path}")
+        with sqlite3.connect(path) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+        return cls(path, meta["site"], float(meta["budget_epsilon"]), float(meta["delta"]))
+
+    def _transaction(self) -> "_Transaction":
+        return _Transaction(self._db)
+
+    def events(self) -> list[dp_accounting.DpEvent]:
+        rows = self._db.execute("SELECT event FROM events ORDER BY id").fetchall()
+        return [event_from_json(text) for (text,) in rows]
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every event with time, round, mechanism, parameters and its named tuple."""
+        rows = self._db.execute(
+            "SELECT time, round, mechanism, params, event FROM events ORDER BY id"
+        ).fetchall()
+        return [
+            {"time": t, "round": r, "mechanism": m, "params": json.loads(p), "event": json.loads(e)}
+            for t, r, m, p, e in rows
+        ]
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far at the ledger's delta (0.0 when nothing was released)."""
+        events = self.events()
+        return epsilon_from_events(events, self.delta) if events else 0.0
+
+    def refusals(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM refusals").fetchone()[0])
+
+    def charge(
+        self,
+        event: dp_accounting.DpEvent,
+        *,
+        mechanism: str,
+        round: int | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> float:
+        """Record ``event`` if the budget allows it; return the new epsilon.
+
+        Raises
+        ------
+        BudgetExceeded
+            if the release would exceed the budget; the refusal is recorded and
+            no event is.
+        """
+        with self._transaction():
+            eps = epsilon_from_events([*self.events(), event], self.delta)
+            if eps > self.budget_epsilon:
+                self._db.execute(
+                    "INSERT INTO refusals (time, round, mechanism, epsilon_if_released) "
+                    "VALUES (?, ?, ?, ?)",
+                    (time.time(), round, mechanism, eps),
+                )
+            else:
+                self._db.execute(
+                    "INSERT INTO events (time, round, mechanism, params, event) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (time.time(), round, mechanism, json.dumps(params or {}), event_to_json(event)),
+                )
+        if eps > self.budget_epsilon:
+            raise BudgetExceeded(
+                f"site {self.site}: {mechanism} in round {round} would spend epsilon={eps:.3f} "
+                f"> budget {self.budget_epsilon:g} at delta={self.delta:g}; refused"
+            )
+        return eps
+
+    def summary(self) -> dict[str, Any]:
+        eps = self.epsilon()
+        return {
+            "site": self.site,
+            "epsilon": eps,
+            "budget": self.budget_epsilon,
+            "remaining": self.budget_epsilon - eps,
+            "delta": self.delta,
+            "events": len(self.events()),
+            "refusals": self.refusals(),
+            "accounting": ACCOUNTING_METHOD,
+        }
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
