@@ -31,7 +31,7 @@ from fedens.federation.simulation import run_in_simulation
 from fedens.privacy import PrivacyLedger
 
 SCHEMA_VERSION = 1
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 class ConfigError(ValueError):

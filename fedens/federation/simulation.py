@@ -22,12 +22,13 @@ def run_in_simulation(
     """Run ``num_sites`` simulated SuperNodes and the coordinator until all rounds end."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
     from flwr.simulation import run_simulation
 
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
+    if not verbose:  # fedens prints its own progress; failures show in `sites_reporting`
+        flwr_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+from sklearn.naive_bayes import GaussianNB
+
+from fedens.data import load_task
+from fedens.experts import SklearnExpert, expert_outputs, load_experts, save_experts, train_expert_network
+
+
+def test_sklearn_expert_aligns_unseen_classes_to_zero():
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = np.array([1, 3, 4] * 10)
+    proba = SklearnExpert(GaussianNB().fit(X, y), num_classes=6, name="nb").predict_proba(X)
+    assert proba.shape == (30, 6)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-9)
+    assert np.all(proba[:, [0, 2, 5]] == 0)
+
+
+def test_network_of_specialised_experts_round_trips(tmp_path):
+    task = load_task("digits", 0.3, 0.25, seed=0)
+    experts = train_expert_network(task.public, 10, 4, ["logreg", "naive_bayes"], 3, 1.0, 0.05, 0)
+    assert [e.family for e in experts] == ["logreg", "naive_bayes", "logreg", "naive_bayes"]
+    P = expert_outputs(experts, task.test.X)
+    assert P.shape == (len(task.test), 4, 10)
+    save_experts(experts, tmp_path / "experts.pkl")
+    np.testing.assert_array_equal(expert_outputs(load_experts(tmp_path / "experts.pkl"), task.test.X), P)
+    # each expert is best on its specialty classes
+    for k in range(4):
+        specialty = np.isin(task.test.y, [(k + j) % 10 for j in range(3)])
+        correct = P[:, k].argmax(1) == task.test.y
+        assert correct[specialty].mean() > correct[~specialty].mean()
+
+
+def test_unknown_family_and_empty_network_are_named():
+    task = load_task("digits", 0.3, 0.25, seed=0)
+    with pytest.raises(ValueError, match="transformer"):
+        train_expert_network(task.public, 10, 2, ["transformer"], 3, 1.0, 0.05, 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        expert_outputs([], task.test.X)

@@ -1,0 +1,51 @@
+import sqlite3
+
+import pytest
+
+from fedens.privacy import BudgetExceeded, PrivacyLedger, dpsgd_event, epsilon_from_events
+from fedens.privacy.ledger import event_from_json, event_to_json
+
+
+def test_events_survive_a_reopen(tmp_path):
+    path = tmp_path / "site_3.sqlite"
+    ledger = PrivacyLedger(path, site="3", budget_epsilon=8.0, delta=1e-5)
+    events = [dpsgd_event(1.2, 0.1, 30), dpsgd_event(1.2, 0.1, 30)]
+    for r, e in enumerate(events, 1):
+        ledger.charge(e, mechanism="dpsgd", round=r, params={"steps": 30})
+    spent = ledger.epsilon()
+    ledger.close()
+
+    reopened = PrivacyLedger.open_existing(path)
+    assert reopened.site == "3" and reopened.budget_epsilon == 8.0 and reopened.delta == 1e-5
+    assert reopened.events() == events
+    assert reopened.epsilon() == pytest.approx(epsilon_from_events(events, 1e-5), rel=1e-12)
+    assert reopened.epsilon() == spent
+    assert [r["round"] for r in reopened.records()] == [1, 2]
+
+
+def test_release_past_budget_is_refused_recorded_and_not_charged(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "s.sqlite", site="0", budget_epsilon=1.0, delta=1e-5)
+    ledger.charge(dpsgd_event(5.0, 0.05, 10), mechanism="dpsgd", round=1)
+    before = ledger.epsilon()
+    with pytest.raises(BudgetExceeded, match="budget 1"):
+        ledger.charge(dpsgd_event(0.6, 0.5, 500), mechanism="dpsgd", round=2)
+    assert ledger.epsilon() == before
+    assert len(ledger.events()) == 1
+    assert ledger.refusals() == 1
+
+
+def test_events_serialise_through_dp_accountings_named_tuples():
+    event = dpsgd_event(1.5, 0.04, 2250)
+    assert event_from_json(event_to_json(event)) == event
+
+
+def test_ledger_file_is_sqlite_in_wal_mode(tmp_path):
+    PrivacyLedger(tmp_path / "s.sqlite", site="0", budget_epsilon=1.0, delta=1e-5).close()
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("budget, delta, match", [(0, 1e-5, "budget_epsilon"), (1, 0, "delta")])
+def test_bad_budget_is_named(tmp_path, budget, delta, match):
+    with pytest.raises(ValueError, match=match):
+        PrivacyLedger(tmp_path / "s.sqlite", site="0", budget_epsilon=budget, delta=delta)

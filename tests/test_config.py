@@ -1,0 +1,47 @@
+"""Every config group option composes and passes validation."""
+
+from pathlib import Path
+
+import pytest
+
+from fedens.cli import CONF_DIR
+from fedens.experiment import ConfigError, validate
+
+GROUPS = ["data", "partition", "experts", "combiner", "privacy", "federation", "experiment"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def test_every_group_has_an_option():
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS)
+def test_option_composes_and_validates(compose, group, option):
+    cfg = compose(f"{group}={option}")
+    validate(cfg)
+    assert cfg.name != "???"
+
+
+def test_defaults_are_the_quickstart(compose):
+    cfg = compose()
+    assert cfg.name == "quickstart"
+    assert (cfg.federation.num_sites, cfg.federation.num_rounds) == (10, 10)
+    assert (cfg.privacy.epsilon, cfg.privacy.delta) == (8.0, 1e-5)
+    assert cfg.partition.alpha == 0.5 and cfg.experts.num_experts == 10
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("federation.min_sites=11", "federation.min_sites"),
+     ("data.public_fraction=0.8", "data.test_fraction"),
+     ("privacy.delta=1", "privacy.delta"),
+     ("combiner.lr=0", "combiner.lr"),
+     ("federation.num_rounds=1.5", "federation.num_rounds")],
+)
+def test_validation_names_the_key(compose, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose(override))
+
+
+def test_conf_dir_is_the_repositorys():
+    assert CONF_DIR == Path(__file__).resolve().parent.parent / "conf"

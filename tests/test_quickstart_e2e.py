@@ -1,0 +1,59 @@
+"""The quickstart, shrunk, end to end through Flower's Simulation Engine."""
+
+import csv
+import json
+
+import pytest
+
+from fedens.experiment import run
+from fedens.privacy import PrivacyLedger
+
+SCHEMA = {
+    "data": {"name", "num_sites", "num_classes", "partition"},
+    "metrics": {"test_accuracy", "test_nll"},
+    "baselines": {"best_single_expert_accuracy", "mean_single_expert_accuracy",
+                  "uniform_mean_accuracy", "plurality_vote_accuracy",
+                  "centralized_reference_accuracy"},
+    "cost": {"num_experts", "expert_calls_per_query"},
+    "privacy": {"delta", "epsilon_max", "per_site", "queries_answered", "queries_refused",
+                "accounting"},
+    "timing": {"wall_s", "rounds"},
+}
+
+
+@pytest.mark.slow
+def test_quickstart_shrunk_end_to_end(compose, tmp_path):
+    cfg = compose("federation.num_sites=4", "federation.num_rounds=3",
+                  "combiner.central_epochs=10", "privacy.epsilon=4")
+    results = run(cfg, run_dir=tmp_path)
+
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert {"schema", "experiment", "seed"} <= set(on_disk)
+    for section, keys in SCHEMA.items():
+        assert keys <= set(on_disk[section]), (section, keys - set(on_disk[section]))
+    assert on_disk["experiment"] == "quickstart" and on_disk["data"]["num_sites"] == 4
+
+    b, m, p = on_disk["baselines"], on_disk["metrics"], on_disk["privacy"]
+    # the story: the learned router beats every single expert
+    assert m["test_accuracy"] > b["best_single_expert_accuracy"]
+    assert 0 < m["test_nll"] < 5
+    assert b["mean_single_expert_accuracy"] <= b["best_single_expert_accuracy"]
+    assert b["centralized_reference_accuracy"] > 0.9
+    assert on_disk["cost"]["expert_calls_per_query"] == 10.0
+
+    # privacy: every site spent at most its budget, and the report equals its ledger
+    assert set(p["per_site"]) == {"0", "1", "2", "3"}
+    for site, entry in p["per_site"].items():
+        ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        assert len(ledger.events()) == 3
+        assert entry["epsilon"] == pytest.approx(ledger.epsilon())
+        assert 0.9 * 4 < entry["epsilon"] <= 4.0
+        assert entry["opacus_epsilon"] == pytest.approx(entry["epsilon"], rel=0.02)
+    assert p["epsilon_max"] == max(e["epsilon"] for e in p["per_site"].values())
+    assert p["delta"] == 1e-5
+
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
+    assert (tmp_path / "accuracy.png").stat().st_size > 10_000
+    assert not list(tmp_path.glob("**/*.tmp"))
