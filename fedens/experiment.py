@@ -8,6 +8,7 @@ resolved config (``.hydra/config.yaml``).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -69,6 +70,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("combiner.local_epochs", "combiner.batch_size", "combiner.central_epochs"):
         _check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _check(cfg, "combiner.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+    _check(cfg, "combiner.router_input_dim", lambda v: is_int(v) and v >= 0,
+           "an integer >= 0 (0: the raw inputs)")
     for key in ("data.public_fraction", "data.test_fraction"):
         _check(cfg, key, lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
     _check(cfg, "data.test_fraction", lambda v: v + cfg.data.public_fraction < 1,
@@ -101,24 +104,33 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         task.public, task.num_classes, cfg.experts.num_experts, list(cfg.experts.families),
         cfg.experts.specialty_classes, cfg.experts.in_fraction, cfg.experts.out_fraction, cfg.seed,
     )
+    try:
+        initial = GatedEnsemble.with_public_projection(
+            task.public.X, len(experts), cfg.combiner.router_input_dim, cfg.seed
+        )
+    except ValueError as error:
+        raise ConfigError(f"invalid combiner.router_input_dim: {error}") from error
     save_experts(experts, run_dir / "experts.pkl")
+    torch.save(initial.state_dict(), run_dir / "initial_combiner.pt")
     for site, records in enumerate(sites):  # in simulation, stands for each site's own disk
         L.site_dir(run_dir, site).mkdir(parents=True, exist_ok=True)
         np.savez(L.site_dir(run_dir, site) / "data.npz",
                  X=task.private.X[records], y=task.private.y[records])
     L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
     np.savez(L.coordinator_test_path(run_dir), X=task.test.X, y=task.test.y)
-    return {"task": task, "sites": sites, "experts": experts}
+    return {"task": task, "sites": sites, "experts": experts, "initial": initial}
 
 
-def _baselines(cfg: DictConfig, task: Any, experts: list) -> tuple[dict[str, float], GatedEnsemble]:
+def _baselines(
+    cfg: DictConfig, task: Any, experts: list, initial: GatedEnsemble
+) -> dict[str, float]:
     from sklearn.neural_network import MLPClassifier
 
     y = task.test.y
     P = expert_outputs(experts, task.test.X)
     singles = [_accuracy(P[:, k], y) for k in range(P.shape[1])]
     central_router = train_gated_ensemble(
-        task.private.X, expert_outputs(experts, task.private.X), task.private.y,
+        copy.deepcopy(initial), task.private.X, expert_outputs(experts, task.private.X), task.private.y,
         cfg.combiner.central_epochs, cfg.combiner.lr, cfg.combiner.batch_size, cfg.seed,
     )
     central_scores = evaluate_combiner(central_router, P, task.test.X, y, cfg.combiner.top_k)
@@ -135,13 +147,14 @@ def _baselines(cfg: DictConfig, task: Any, experts: list) -> tuple[dict[str, flo
         "central_nonprivate_weights_accuracy": central_scores["weights_accuracy"],
         "centralized_reference_accuracy": float(central_model.score(task.test.X, y)),
     }
-    return baselines, central_router
+    return baselines
 
 
 def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     settings = {
         L.RUN_DIR: str(run_dir),
         L.EXPERTS_PATH: str(run_dir / "experts.pkl"),
+        L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
         L.NUM_ROUNDS: cfg.federation.num_rounds,
         L.LOCAL_EPOCHS: cfg.combiner.local_epochs,
         L.BATCH_SIZE: cfg.combiner.batch_size,
@@ -301,7 +314,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
     prepared = _prepare(cfg, run_dir)
     task, experts = prepared["task"], prepared["experts"]
-    baselines, _ = _baselines(cfg, task, experts)
+    baselines = _baselines(cfg, task, experts, prepared["initial"])
     console.print(
         f"experts  {len(experts)} trained; best single {baselines['best_single_expert_accuracy']:.3f}, "
         f"uniform mean {baselines['uniform_mean_accuracy']:.3f}, central non-private router "

@@ -7,6 +7,11 @@
   largest gates (renormalised), so only k experts are called per query.
 * ``weights``: global ensemble weights ``softmax(w)`` (a linear pool).
 
+The router sees a fixed linear map of the input, ``(x - center) @ projection.T``,
+fitted on *public* data only (PCA, see :meth:`GatedEnsemble.with_public_projection`):
+fewer trainable parameters means less DP noise for the same signal. The map is
+stored as buffers, so it travels with the parameters and is never trained.
+
 Both start at zero, i.e. at the uniform mean, so training can only move them
 away from it when the data says so. Both heads are ``nn.Linear`` layers so
 Opacus computes per-sample gradients for them.
@@ -44,16 +49,58 @@ class GatedEnsemble(nn.Module):
     (2, 5)
     """
 
-    def __init__(self, num_features: int, num_experts: int) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        num_experts: int,
+        projection: np.ndarray | None = None,
+        center: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
-        self.router = nn.Linear(num_features, num_experts)
+        if projection is None:
+            projection = np.eye(num_features, dtype=np.float32)
+        projection = np.asarray(projection, dtype=np.float32)
+        if projection.ndim != 2 or projection.shape[1] != num_features:
+            raise ValueError(
+                f"projection must have shape (r, num_features={num_features}), got {projection.shape}"
+            )
+        if center is None:
+            center = np.zeros(num_features, dtype=np.float32)
+        self.register_buffer("projection", torch.as_tensor(projection))
+        self.register_buffer("center", torch.as_tensor(np.asarray(center, dtype=np.float32)))
+        self.router = nn.Linear(projection.shape[0], num_experts)
         self.weights = nn.Linear(1, num_experts, bias=False)
         for p in self.parameters():
             nn.init.zeros_(p)
 
+    @classmethod
+    def with_public_projection(
+        cls, X_public: np.ndarray, num_experts: int, dim: int, seed: int = 0
+    ) -> "GatedEnsemble":
+        """A GatedEnsemble whose router sees the top ``dim`` principal components of
+        *public* data (``dim=0``: the raw inputs)."""
+        num_features = X_public.shape[1]
+        if dim == 0:
+            return cls(num_features, num_experts)
+        if not 1 <= dim <= min(X_public.shape):
+            raise ValueError(f"router input dim must be in [0, {min(X_public.shape)}], got {dim}")
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=dim, random_state=seed).fit(X_public)
+        return cls(num_features, num_experts, pca.components_, pca.mean_)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "GatedEnsemble":
+        """Rebuild a GatedEnsemble (shapes and public projection) from its state dict."""
+        projection = state["projection"].numpy()
+        model = cls(projection.shape[1], state["weights.weight"].shape[0], projection)
+        model.load_state_dict(state)
+        return model
+
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gate logits of both heads, each (n, K)."""
-        return self.router(X), self.weights(torch.ones(len(X), 1, dtype=X.dtype))
+        router_inputs = (X - self.center) @ self.projection.T
+        return self.router(router_inputs), self.weights(torch.ones(len(X), 1, dtype=X.dtype))
 
     def loss(self, X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood of both heads' mixtures."""
@@ -74,8 +121,9 @@ class GatedEnsemble(nn.Module):
         if top_k is not None:
             if not 1 <= top_k <= K:
                 raise ValueError(f"top_k must be in [1, {K}] (the number of experts), got {top_k}")
-            kth = torch.topk(logits, top_k, dim=1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            keep = torch.topk(logits, top_k, dim=1).indices  # exactly k, ties included
+            mask = torch.full_like(logits, float("-inf")).scatter(1, keep, 0.0)
+            logits = logits + mask
         return torch.softmax(logits, dim=1).numpy()
 
     def combine(

@@ -50,6 +50,7 @@ def make_optimizer(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def train_gated_ensemble(
+    module: GatedEnsemble,
     X: np.ndarray,
     P: np.ndarray,
     y: np.ndarray,
@@ -58,9 +59,8 @@ def train_gated_ensemble(
     batch_size: int,
     seed: int,
 ) -> GatedEnsemble:
-    """Non-private central training: the reference a federated run is compared to."""
+    """Non-private central training of ``module``: the reference a federated run is compared to."""
     torch.manual_seed(seed)
-    module = GatedEnsemble(X.shape[1], P.shape[1])
     loader = DataLoader(combiner_dataset(X, P, y), batch_size=batch_size, shuffle=True)
     run_epochs(module, make_optimizer(module, lr), loader, epochs)
     return module

@@ -90,8 +90,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
         ledger.close()
 
     torch.manual_seed(int(s[L.SEED]) * 1000 + site * 100 + server_round)
-    model = GatedEnsemble(X.shape[1], P.shape[1])
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model = GatedEnsemble.from_state_dict(msg.content["arrays"].to_torch_state_dict())
     private = make_private_training(
         model,
         make_optimizer(model, float(s[L.LEARNING_RATE])),

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 # Keys of the run settings (Flower's run_config style: hyphenated).
 RUN_DIR = "run-dir"
 EXPERTS_PATH = "experts-path"
+INITIAL_COMBINER_PATH = "initial-combiner-path"
 NUM_ROUNDS = "num-rounds"
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"

@@ -68,7 +68,7 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
     with np.load(L.coordinator_test_path(s[L.RUN_DIR])) as test:
         X_test, y_test = test["X"], test["y"]
     P_test = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X_test)
-    model = GatedEnsemble(X_test.shape[1], P_test.shape[1])
+    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))
     sites = _SiteReports()
     rows: list[dict[str, Any]] = []
     started = time.monotonic()

@@ -31,6 +31,13 @@ def test_top_k_routes_to_k_experts_and_stays_normalised():
         model.gates(X, "router", top_k=6)
 
 
+def test_top_k_calls_exactly_k_experts_even_when_gates_tie():
+    P, X = random_outputs()
+    gates = GatedEnsemble(3, 5).gates(X, "router", top_k=2)  # untrained: all gates equal
+    assert ((gates > 0).sum(axis=1) == 2).all()
+    np.testing.assert_allclose(gates.sum(axis=1), 1.0, rtol=1e-6)
+
+
 def test_mixture_log_likelihood_matches_direct_computation():
     P, X = random_outputs()
     y = np.random.default_rng(1).integers(0, 4, size=20)
