@@ -59,3 +59,38 @@ def test_cfg_job_prints_the_resolved_config(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "num_sites: 3" in result.stdout
     assert "name: quickstart" in result.stdout
+
+
+def test_ledger_command_prints_each_site_and_json_recomputes(tmp_path):
+    import json
+
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    from fedens.privacy import PrivacyLedger, dpsgd_event
+
+    for site, steps in (("0", 10), ("1", 40)):
+        ledger = PrivacyLedger(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite",
+                               site=site, budget_epsilon=8.0, delta=1e-5)
+        ledger.charge(dpsgd_event(1.0, 0.1, steps), mechanism="dpsgd", round=1)
+        ledger.close()
+    table = fedens("ledger", str(tmp_path), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert len(table.stdout.strip().splitlines()) == 3
+
+    report = json.loads(fedens("ledger", str(tmp_path), "--json", cwd=tmp_path).stdout)
+    for site, entry in report.items():
+        accountant = RdpAccountant()
+        for record in entry["records"]:
+            # rebuild the event from its serialised named tuple, with dp-accounting alone
+            e = record["event"]
+            accountant.compose(dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(
+                    e["event"]["sampling_probability"],
+                    dp_accounting.GaussianDpEvent(e["event"]["event"]["noise_multiplier"])),
+                e["count"]))
+        assert accountant.get_epsilon(entry["delta"]) == entry["epsilon"]
+    assert report["1"]["epsilon"] > report["0"]["epsilon"]
+
+    missing = fedens("ledger", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 2 and "no site ledgers" in missing.stderr
