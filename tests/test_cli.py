@@ -79,7 +79,7 @@ def test_ledger_command_prints_each_site_and_json_recomputes(tmp_path):
     assert len(table.stdout.strip().splitlines()) == 3
 
     report = json.loads(fedens("ledger", str(tmp_path), "--json", cwd=tmp_path).stdout)
-    for site, entry in report.items():
+    for entry in report.values():
         accountant = RdpAccountant()
         for record in entry["records"]:
             # rebuild the event from its serialised named tuple, with dp-accounting alone

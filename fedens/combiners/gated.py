@@ -76,7 +76,7 @@ class GatedEnsemble(nn.Module):
     @classmethod
     def with_public_projection(
         cls, X_public: np.ndarray, num_experts: int, dim: int, seed: int = 0
-    ) -> "GatedEnsemble":
+    ) -> GatedEnsemble:
         """A GatedEnsemble whose router sees the top ``dim`` principal components of
         *public* data (``dim=0``: the raw inputs)."""
         num_features = X_public.shape[1]
@@ -90,7 +90,7 @@ class GatedEnsemble(nn.Module):
         return cls(num_features, num_experts, pca.components_, pca.mean_)
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "GatedEnsemble":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GatedEnsemble:
         """Rebuild a GatedEnsemble (shapes and public projection) from its state dict."""
         projection = state["projection"].numpy()
         model = cls(projection.shape[1], state["weights.weight"].shape[0], projection)

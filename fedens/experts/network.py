@@ -7,7 +7,7 @@ each expert comes from a different model family and saw mostly a few
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression

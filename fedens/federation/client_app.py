@@ -8,8 +8,9 @@ combiner's parameters and metrics (examples used, loss, epsilon spent).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,18 +29,25 @@ _BUDGET_REFUSED = 1001  # error code of a reply refused by the site's ledger
 
 
 def _site_paths(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, Path, Path]:
+    """The site's id, data file and ledger file: from its node_config, else (simulation)
+    from its folder in the run directory."""
     site = int(node_config[L.PARTITION_ID])
-    own = L.site_dir(settings[L.RUN_DIR], site) if L.RUN_DIR in settings else None
-    data = Path(node_config.get(L.DATA_PATH) or own / "data.npz")
-    ledger = Path(node_config.get(L.LEDGER_PATH) or own / "ledger.sqlite")
-    return site, data, ledger
+    paths = {}
+    for key, name in ((L.DATA_PATH, "data.npz"), (L.LEDGER_PATH, "ledger.sqlite")):
+        if node_config.get(key):
+            paths[key] = Path(str(node_config[key]))
+        elif L.RUN_DIR in settings:
+            paths[key] = L.site_dir(settings[L.RUN_DIR], site) / name
+        else:
+            raise ValueError(f"site {site}: node_config has no {key!r} and run_config no {L.RUN_DIR!r}")
+    return site, paths[L.DATA_PATH], paths[L.LEDGER_PATH]
 
 
 def _restore(context: Context) -> tuple[float | None, list[tuple[float, float, int]]]:
     if _STATE_KEY not in context.state:
         return None, []
     rec = context.state[_STATE_KEY]
-    history = list(zip(rec["sigmas"], rec["rates"], (int(n) for n in rec["steps"])))
+    history = list(zip(rec["sigmas"], rec["rates"], (int(n) for n in rec["steps"]), strict=True))
     return float(rec["noise-multiplier"]), history
 
 

@@ -7,8 +7,9 @@ in simulation the same keys come from the dict given to the app factories.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # Keys of the run settings (Flower's run_config style: hyphenated).
 RUN_DIR = "run-dir"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fedens.federation.client_app import make_client_app
 from fedens.federation.server_app import ProgressFn, make_server_app

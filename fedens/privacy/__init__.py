@@ -8,9 +8,9 @@ from fedens.privacy.accounting import (
 from fedens.privacy.ledger import BudgetExceeded, PrivacyLedger
 
 __all__ = [
+    "BudgetExceeded",
+    "PrivacyLedger",
     "calibrate_dpsgd_noise",
     "dpsgd_event",
     "epsilon_from_events",
-    "BudgetExceeded",
-    "PrivacyLedger",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant

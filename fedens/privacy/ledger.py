@@ -104,7 +104,7 @@ class PrivacyLedger:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     @classmethod
-    def open_existing(cls, path: Path | str) -> "PrivacyLedger":
+    def open_existing(cls, path: Path | str) -> PrivacyLedger:
         """Reopen a ledger with the budget it was written with."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"no privacy ledger at {path}")
@@ -112,7 +112,7 @@ class PrivacyLedger:
             meta = dict(db.execute("SELECT key, value FROM meta"))
         return cls(path, meta["site"], float(meta["budget_epsilon"]), float(meta["delta"]))
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
     def events(self) -> list[dp_accounting.DpEvent]:

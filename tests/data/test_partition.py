@@ -19,7 +19,7 @@ def test_dirichlet_sites_are_label_skewed_and_seeded():
     shares = [np.bincount(y[s], minlength=10) / len(s) for s in skewed]
     assert max(share.max() for share in shares) > 0.5
     again = dirichlet_partition(y, 10, alpha=0.1, seed=1)
-    assert all(np.array_equal(a, b) for a, b in zip(skewed, again))
+    assert all(np.array_equal(a, b) for a, b in zip(skewed, again, strict=True))
 
 
 def test_splits_are_disjoint_and_cover_the_dataset():
