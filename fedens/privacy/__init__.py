@@ -6,6 +6,18 @@ from fedens.privacy.accounting import (
     epsilon_from_events,
 )
 from fedens.privacy.ledger import BudgetExceeded, PrivacyLedger
+from fedens.privacy.mechanisms import (
+    MECHANISMS,
+    ConfidentGNMax,
+    GNMax,
+    LNMax,
+    Mechanism,
+    NoisyLinearPool,
+    Release,
+    WeightedGNMax,
+    make_mechanism,
+    register_mechanism,
+)
 
 __all__ = [
     "BudgetExceeded",
@@ -13,4 +25,14 @@ __all__ = [
     "calibrate_dpsgd_noise",
     "dpsgd_event",
     "epsilon_from_events",
+    "MECHANISMS",
+    "ConfidentGNMax",
+    "GNMax",
+    "LNMax",
+    "Mechanism",
+    "NoisyLinearPool",
+    "Release",
+    "WeightedGNMax",
+    "make_mechanism",
+    "register_mechanism",
 ]
