@@ -18,6 +18,24 @@ from fedens.privacy.mechanisms import (
     make_mechanism,
     register_mechanism,
 )
+from fedens.privacy.pate_analysis import (
+    PateAnalysis,
+    analyze_pate,
+    confident_gnmax_rdp_data_dependent,
+    gnmax_log_prob_not_top,
+    gnmax_prob_not_top,
+    gnmax_rdp_data_dependent,
+    gnmax_rdp_data_independent,
+    rdp_to_epsilon,
+    threshold_rdp_data_dependent,
+    threshold_rdp_data_independent,
+)
+from fedens.privacy.smooth_sensitivity import (
+    SmoothSensitivityRelease,
+    gnss_rdp,
+    release_data_dependent_rdp,
+    smooth_sensitivity_of_rdp,
+)
 
 __all__ = [
     "BudgetExceeded",
@@ -35,4 +53,18 @@ __all__ = [
     "WeightedGNMax",
     "make_mechanism",
     "register_mechanism",
+    "PateAnalysis",
+    "analyze_pate",
+    "confident_gnmax_rdp_data_dependent",
+    "gnmax_log_prob_not_top",
+    "gnmax_prob_not_top",
+    "gnmax_rdp_data_dependent",
+    "gnmax_rdp_data_independent",
+    "rdp_to_epsilon",
+    "threshold_rdp_data_dependent",
+    "threshold_rdp_data_independent",
+    "SmoothSensitivityRelease",
+    "gnss_rdp",
+    "release_data_dependent_rdp",
+    "smooth_sensitivity_of_rdp",
 ]
