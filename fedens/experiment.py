@@ -27,6 +27,7 @@ from fedens.data import load_task
 from fedens.data.partition import dirichlet_partition
 from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.federation import layout as L
+from fedens.federation import site_dp
 from fedens.federation.server_app import evaluate_combiner
 from fedens.federation.simulation import run_in_simulation
 from fedens.privacy import PrivacyLedger
@@ -64,6 +65,17 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "privacy.delta", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
     _check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
     _check(cfg, "privacy.max_grad_norm", lambda v: is_num(v) and v > 0, "a number > 0")
+    _check(cfg, "privacy.site_level.mode", lambda v: v in site_dp.MODES, f"one of {list(site_dp.MODES)}")
+    for key in ("privacy.site_level.noise_multiplier", "privacy.site_level.clipping_norm"):
+        _check(cfg, key, lambda v: is_num(v) and v > 0, "a number > 0")
+    _check(cfg, "privacy.site_level.clipped_count_stddev", lambda v: v is None or (is_num(v) and v > 0),
+           "null or a number > 0")
+    if cfg.privacy.site_level.mode.endswith("adaptive"):
+        sl = cfg.privacy.site_level
+        problem = site_dp.adaptive_noise_problem(sl.noise_multiplier, cfg.federation.num_sites,
+                                                 sl.clipped_count_stddev)
+        _check(cfg, "privacy.site_level.clipped_count_stddev", lambda v: not problem,
+               f"a value that lets adaptive clipping split the noise: {problem}")
     _check(cfg, "experts.num_experts", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _check(cfg, "combiner.top_k", lambda v: is_int(v) and 1 <= v <= cfg.experts.num_experts,
            f"an integer in [1, experts.num_experts={cfg.experts.num_experts}]")
@@ -155,6 +167,7 @@ def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         L.RUN_DIR: str(run_dir),
         L.EXPERTS_PATH: str(run_dir / "experts.pkl"),
         L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
+        L.NUM_SITES: cfg.federation.num_sites,
         L.NUM_ROUNDS: cfg.federation.num_rounds,
         L.LOCAL_EPOCHS: cfg.combiner.local_epochs,
         L.BATCH_SIZE: cfg.combiner.batch_size,
@@ -168,6 +181,10 @@ def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
         L.TOP_K: cfg.combiner.top_k,
         L.SEED: cfg.seed,
+        L.SITE_DP_MODE: cfg.privacy.site_level.mode,
+        L.SITE_DP_NOISE: float(cfg.privacy.site_level.noise_multiplier),
+        L.SITE_DP_CLIP: float(cfg.privacy.site_level.clipping_norm),
+        L.SITE_DP_COUNT_STDDEV: float(cfg.privacy.site_level.clipped_count_stddev or 0.0),
     }
 
     def progress(row: dict[str, Any]) -> None:
@@ -227,6 +244,7 @@ def _privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> d
         "rounds_refused": refused,
         "accounting": "rdp-data-independent",
         "mechanism": "dp-sgd (opacus), record-level, per site",
+        "site_level": rounds["site_level"],
     }
 
 

@@ -36,7 +36,9 @@ def test_defaults_are_the_quickstart(compose):
      ("data.public_fraction=0.8", "data.test_fraction"),
      ("privacy.delta=1", "privacy.delta"),
      ("combiner.lr=0", "combiner.lr"),
-     ("federation.num_rounds=1.5", "federation.num_rounds")],
+     ("federation.num_rounds=1.5", "federation.num_rounds"),
+     ("privacy.site_level.mode=local", "privacy.site_level.mode"),
+     ("privacy.site_level.mode=server_adaptive", "privacy.site_level.clipped_count_stddev")],
 )
 def test_validation_names_the_key(compose, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

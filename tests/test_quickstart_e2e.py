@@ -57,3 +57,23 @@ def test_quickstart_shrunk_end_to_end(compose, tmp_path):
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["server_fixed", "client_adaptive"])
+def test_site_level_dp_through_flowers_wrappers(compose, tmp_path, mode):
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    cfg = compose("federation.num_sites=3", "federation.num_rounds=2", "combiner.central_epochs=5",
+                  f"privacy.site_level.mode={mode}", "privacy.site_level.noise_multiplier=0.8",
+                  "privacy.site_level.clipped_count_stddev=1.0")
+    site_level = run(cfg, run_dir=tmp_path)["privacy"]["site_level"]
+
+    accountant = RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(0.8), 2)
+    assert site_level["mode"] == mode and site_level["rounds"] == 2
+    assert site_level["epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    if mode == "server_fixed":  # Flower's own accountant saw the same two releases
+        assert site_level["flower_releases"] == 2
+        assert site_level["flower_epsilon"] == pytest.approx(site_level["epsilon"], rel=1e-6)

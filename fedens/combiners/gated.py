@@ -97,6 +97,19 @@ class GatedEnsemble(nn.Module):
         model.load_state_dict(state)
         return model
 
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trained parameters only: what travels between sites and coordinator
+        (the public projection stays where it is)."""
+        names = {name for name, _ in self.named_parameters()}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        """Load parameters produced by :meth:`trainable_state`; the keys must match exactly."""
+        expected = {name for name, _ in self.named_parameters()}
+        if set(state) != expected:
+            raise ValueError(f"trainable state must have keys {sorted(expected)}, got {sorted(state)}")
+        self.load_state_dict(state, strict=False)
+
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gate logits of both heads, each (n, K)."""
         router_inputs = (X - self.center) @ self.projection.T

@@ -21,11 +21,13 @@ from fedens.combiners import GatedEnsemble
 from fedens.combiners.training import combiner_dataset, make_optimizer, run_epochs
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
+from fedens.federation import site_dp
 from fedens.privacy import BudgetExceeded, PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
 
 _STATE_KEY = "fedens-dpsgd"  # this site's accountant history, in Context.state
 _BUDGET_REFUSED = 1001  # error code of a reply refused by the site's ledger
+_OPTED_OUT = 1002  # error code of a site that switched its contribution off
 
 
 def _site_paths(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, Path, Path]:
@@ -67,6 +69,9 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     torch.set_num_threads(1)
     s = L.merged(settings, context.run_config)
     site, data_path, ledger_path = _site_paths(s, context.node_config)
+    if str(context.node_config.get(L.CONTRIBUTE, "true")).lower() in ("false", "0", "no"):
+        reason = f"site {site} has switched its contribution off (node_config {L.CONTRIBUTE}=false)"
+        return Message(Error(code=_OPTED_OUT, reason=reason), reply_to=msg)
     server_round = int(msg.content["config"]["server-round"])
     with np.load(data_path) as data:
         X, y = data["X"], data["y"]
@@ -98,7 +103,8 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
         ledger.close()
 
     torch.manual_seed(int(s[L.SEED]) * 1000 + site * 100 + server_round)
-    model = GatedEnsemble.from_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))  # public map
+    model.load_trainable(msg.content["arrays"].to_torch_state_dict())
     private = make_private_training(
         model,
         make_optimizer(model, float(s[L.LEARNING_RATE])),
@@ -115,6 +121,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     metrics = MetricRecord(
         {
             "num-examples": len(y),
+            site_dp.WEIGHT_KEY: 1.0,  # equal weights when site-level DP is on
             "site": site,
             "train-loss": loss,
             "epsilon": epsilon,
@@ -123,7 +130,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
         }
     )
     return Message(
-        RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg
+        RecordDict({"arrays": ArrayRecord(model.trainable_state()), "metrics": metrics}), reply_to=msg
     )
 
 
@@ -131,7 +138,7 @@ def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
     """The site's ClientApp; ``settings`` are defaults that ``run_config`` overrides."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     defaults = dict(settings or {})
-    app = ClientApp()
+    app = ClientApp(mods=[site_dp.site_dp_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

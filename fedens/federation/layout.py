@@ -15,6 +15,7 @@ from typing import Any
 RUN_DIR = "run-dir"
 EXPERTS_PATH = "experts-path"
 INITIAL_COMBINER_PATH = "initial-combiner-path"
+NUM_SITES = "num-sites"
 NUM_ROUNDS = "num-rounds"
 LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
@@ -28,11 +29,16 @@ MIN_SITES = "min-sites"
 ROUND_TIMEOUT = "round-timeout"
 TOP_K = "top-k"
 SEED = "seed"
+SITE_DP_MODE = "site-dp-mode"
+SITE_DP_NOISE = "site-dp-noise-multiplier"
+SITE_DP_CLIP = "site-dp-clipping-norm"
+SITE_DP_COUNT_STDDEV = "site-dp-clipped-count-stddev"  # <= 0: Flower's default, sites / 20
 
 # Keys of a site's node_config (deployment: --node-config; simulation: Flower's).
 PARTITION_ID = "partition-id"
 DATA_PATH = "data-path"
 LEDGER_PATH = "ledger-path"
+CONTRIBUTE = "contribute"  # false: the site switches its contribution off
 
 
 def site_dir(run_dir: str | Path, site: int) -> Path:

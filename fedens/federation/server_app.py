@@ -24,6 +24,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from fedens.combiners import GatedEnsemble
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
+from fedens.federation import site_dp
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -69,14 +70,14 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
     with np.load(L.coordinator_test_path(s[L.RUN_DIR])) as test:
         X_test, y_test = test["X"], test["y"]
     P_test = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X_test)
-    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))
+    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))  # public map
     sites = _SiteReports()
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     num_rounds = int(s[L.NUM_ROUNDS])
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_trainable(arrays.to_torch_state_dict())
         metrics = evaluate_combiner(model, P_test, X_test, y_test, int(s[L.TOP_K]))
         reports = sites.by_round.get(server_round, {})
         row = {
@@ -91,25 +92,45 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
             progress({**row, "num_rounds": num_rounds})
         return MetricRecord(metrics)
 
-    strategy = FedAvg(
-        fraction_train=float(s[L.FRACTION_TRAIN]),
-        fraction_evaluate=0.0,  # evaluation happens on the coordinator's own split
-        min_train_nodes=int(s[L.MIN_SITES]),
-        min_available_nodes=int(s[L.MIN_SITES]),
-        train_metrics_aggr_fn=sites.aggregate,
+    mode = str(s.get(L.SITE_DP_MODE, "none"))
+    fraction, min_sites = float(s[L.FRACTION_TRAIN]), int(s[L.MIN_SITES])
+    strategy = site_dp.wrap_strategy(
+        FedAvg(
+            fraction_train=fraction,
+            fraction_evaluate=0.0,  # evaluation happens on the coordinator's own split
+            min_train_nodes=min_sites,
+            min_available_nodes=min_sites,
+            weighted_by_key="num-examples" if mode == "none" else site_dp.WEIGHT_KEY,
+            train_metrics_aggr_fn=sites.aggregate,
+        ),
+        mode,
+        noise_multiplier=float(s.get(L.SITE_DP_NOISE, 1.0)),
+        clipping_norm=float(s.get(L.SITE_DP_CLIP, 1.0)),
+        num_sites=max(int(int(s[L.NUM_SITES]) * fraction), min_sites),
+        delta=float(s[L.DELTA]),
+        clipped_count_stddev=(float(s[L.SITE_DP_COUNT_STDDEV])
+                              if float(s.get(L.SITE_DP_COUNT_STDDEV, 0)) > 0 else None),
     )
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=ArrayRecord(model.trainable_state()),
         num_rounds=num_rounds,
         timeout=float(s[L.ROUND_TIMEOUT]),
-        train_config=ConfigRecord({}),
+        train_config=ConfigRecord({site_dp.CONFIG_KEY: mode}),
         evaluate_fn=evaluate,
     )
     out = L.federation_dir(s[L.RUN_DIR])
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(result.arrays.to_torch_state_dict(), out / "global_combiner.pt")
-    report = {"rounds": rows, "sites": {str(r): v for r, v in sites.by_round.items()}}
+    model.load_trainable(result.arrays.to_torch_state_dict())
+    torch.save(model.state_dict(), out / "global_combiner.pt")
+    report = {
+        "rounds": rows,
+        "sites": {str(r): v for r, v in sites.by_round.items()},
+        "site_level": site_dp.site_level_report(
+            strategy, mode, noise_multiplier=float(s.get(L.SITE_DP_NOISE, 1.0)),
+            rounds=len([r for r in sites.by_round.values() if r]), delta=float(s[L.DELTA]),
+        ),
+    }
     (out / "rounds.json").write_text(json.dumps(report, indent=1))
 
 
