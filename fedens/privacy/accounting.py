@@ -36,9 +36,23 @@ def dpsgd_event(noise_multiplier: float, sample_rate: float, steps: int) -> dp_a
     )
 
 
-def epsilon_from_events(events: Iterable[dp_accounting.DpEvent], delta: float) -> float:
-    """Epsilon at ``delta`` of the composition of ``events`` (dp-accounting RDP)."""
-    accountant = RdpAccountant()
+def epsilon_from_events(
+    events: Iterable[dp_accounting.DpEvent], delta: float, method: str = ACCOUNTING_METHOD
+) -> float:
+    """Epsilon at ``delta`` of the composition of ``events``, by dp-accounting.
+
+    ``method="rdp"`` (the ledgers' method: fast, any number of events) or
+    ``"pld"`` (privacy loss distributions: tighter, slower; Gaussian, Laplace
+    and their Poisson-sampled and composed forms).
+    """
+    if method == "rdp":
+        accountant: dp_accounting.PrivacyAccountant = RdpAccountant()
+    elif method == "pld":
+        from dp_accounting.pld import PLDAccountant
+
+        accountant = PLDAccountant()
+    else:
+        raise ValueError(f"accounting method must be 'rdp' or 'pld', got {method!r}")
     for event in events:
         accountant.compose(event)
     return float(accountant.get_epsilon(delta))

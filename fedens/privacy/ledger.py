@@ -14,11 +14,15 @@ import sqlite3
 import time
 from collections import namedtuple
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dp_accounting
+import numpy as np
 
 from fedens.privacy.accounting import ACCOUNTING_METHOD, epsilon_from_events
+
+if TYPE_CHECKING:
+    from fedens.privacy.mechanism_base import Mechanism, Release
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -27,7 +31,8 @@ CREATE TABLE IF NOT EXISTS events (
     mechanism TEXT NOT NULL, params TEXT NOT NULL, event TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
-    mechanism TEXT NOT NULL, epsilon_if_released REAL NOT NULL);
+    mechanism TEXT NOT NULL, epsilon_if_released REAL NOT NULL,
+    queries INTEGER NOT NULL DEFAULT 0);
 """
 
 
@@ -137,6 +142,64 @@ class PrivacyLedger:
     def refusals(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM refusals").fetchone()[0])
 
+    def queries_refused(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(SUM(queries), 0) FROM refusals").fetchone()[0])
+
+    def _refuse(self, mechanism: str, round: int | None, eps: float, queries: int = 0) -> BudgetExceeded:
+        self._db.execute(
+            "INSERT INTO refusals (time, round, mechanism, epsilon_if_released, queries) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (time.time(), round, mechanism, eps, queries),
+        )
+        return BudgetExceeded(
+            f"site {self.site}: {mechanism} in round {round} would spend epsilon={eps:.3f} "
+            f"> budget {self.budget_epsilon:g} at delta={self.delta:g}; refused"
+        )
+
+    def _record(self, event: dp_accounting.DpEvent, mechanism: str, round: int | None,
+                params: dict[str, Any] | None) -> None:
+        self._db.execute(
+            "INSERT INTO events (time, round, mechanism, params, event) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), round, mechanism, json.dumps(params or {}), event_to_json(event)),
+        )
+
+    def release(
+        self,
+        mechanism: Mechanism,
+        inputs: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        round: int | None = None,
+    ) -> Release:
+        """Release ``mechanism`` on ``inputs`` only if its worst case fits the budget.
+
+        In one transaction: the budget is checked against what the release could
+        spend at most (``mechanism.worst_case_events``), so whether a release is
+        refused never depends on its own noisy outcome; then the mechanism runs
+        and exactly what it spent (``mechanism.event(release)``) is recorded.
+
+        Raises
+        ------
+        BudgetExceeded
+            if even the worst case does not fit; nothing is released, the refusal
+            and its number of queries are recorded.
+        """
+        num_queries = len(inputs)
+        refusal = None
+        with self._transaction():
+            worst = epsilon_from_events([*self.events(), *mechanism.worst_case_events(num_queries)],
+                                        self.delta)
+            if worst > self.budget_epsilon:
+                refusal = self._refuse(mechanism.name, round, worst, num_queries)
+            else:
+                released = mechanism.release(inputs, rng)
+                self._record(mechanism.event(released), mechanism.name, round,
+                             {**mechanism.params(), "queries": num_queries,
+                              "answered": released.num_answered})
+        if refusal is not None:
+            raise refusal
+        return released
+
     def charge(
         self,
         event: dp_accounting.DpEvent,
@@ -153,25 +216,15 @@ class PrivacyLedger:
             if the release would exceed the budget; the refusal is recorded and
             no event is.
         """
+        refusal = None
         with self._transaction():
             eps = epsilon_from_events([*self.events(), event], self.delta)
             if eps > self.budget_epsilon:
-                self._db.execute(
-                    "INSERT INTO refusals (time, round, mechanism, epsilon_if_released) "
-                    "VALUES (?, ?, ?, ?)",
-                    (time.time(), round, mechanism, eps),
-                )
+                refusal = self._refuse(mechanism, round, eps)
             else:
-                self._db.execute(
-                    "INSERT INTO events (time, round, mechanism, params, event) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (time.time(), round, mechanism, json.dumps(params or {}), event_to_json(event)),
-                )
-        if eps > self.budget_epsilon:
-            raise BudgetExceeded(
-                f"site {self.site}: {mechanism} in round {round} would spend epsilon={eps:.3f} "
-                f"> budget {self.budget_epsilon:g} at delta={self.delta:g}; refused"
-            )
+                self._record(event, mechanism, round, params)
+        if refusal is not None:
+            raise refusal
         return eps
 
     def summary(self) -> dict[str, Any]:
@@ -184,6 +237,7 @@ class PrivacyLedger:
             "delta": self.delta,
             "events": len(self.events()),
             "refusals": self.refusals(),
+            "queries_refused": self.queries_refused(),
             "accounting": ACCOUNTING_METHOD,
         }
 

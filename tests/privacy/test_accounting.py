@@ -86,3 +86,16 @@ def test_bad_event_parameters_are_named(kwargs):
     bad = next(k for k, v in kwargs.items() if v in (0, 1.5) and not (k == "noise_multiplier" and v == 1))
     with pytest.raises(ValueError, match=bad):
         dpsgd_event(**kwargs)
+
+
+def test_pld_accounting_is_dp_accountings_and_tighter_than_rdp():
+    from dp_accounting.pld import PLDAccountant
+
+    event = dpsgd_event(1.5, 0.04, 2250)
+    independent = PLDAccountant()
+    independent.compose(dp_accounting.PoissonSampledDpEvent(0.04, dp_accounting.GaussianDpEvent(1.5)), 2250)
+    pld = epsilon_from_events([event], 1e-5, method="pld")
+    assert pld == pytest.approx(independent.get_epsilon(1e-5), rel=1e-9)
+    assert pld < epsilon_from_events([event], 1e-5)  # 6.77 < 7.33
+    with pytest.raises(ValueError, match="'moments'"):
+        epsilon_from_events([event], 1e-5, method="moments")

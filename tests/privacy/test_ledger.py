@@ -49,3 +49,48 @@ def test_ledger_file_is_sqlite_in_wal_mode(tmp_path):
 def test_bad_budget_is_named(tmp_path, budget, delta, match):
     with pytest.raises(ValueError, match=match):
         PrivacyLedger(tmp_path / "s.sqlite", site="0", budget_epsilon=budget, delta=delta)
+
+
+def test_release_records_exactly_what_the_mechanism_spent(tmp_path):
+    import numpy as np
+
+    from fedens.privacy import ConfidentGNMax
+
+    mech = ConfidentGNMax(threshold=20, sigma1=5.0, sigma2=4.0)
+    votes = np.array([[30, 0, 0], [10, 10, 10], [29, 1, 0]])
+    ledger = PrivacyLedger(tmp_path / "s.sqlite", site="0", budget_epsilon=50.0, delta=1e-5)
+    released = ledger.release(mech, votes, np.random.default_rng(0), round=1)
+    assert ledger.events() == [mech.event(released)]
+    assert ledger.epsilon() == pytest.approx(epsilon_from_events(mech.events(released), 1e-5))
+    record = ledger.records()[0]
+    assert record["params"]["queries"] == 3 and record["params"]["answered"] == released.num_answered
+
+
+def test_release_is_refused_on_its_worst_case_not_its_outcome(tmp_path):
+    import numpy as np
+
+    from fedens.privacy import ConfidentGNMax
+
+    mech = ConfidentGNMax(threshold=1000, sigma1=50.0, sigma2=2.0)  # flat votes: never answers
+    votes = np.full((5, 3), 3)
+    checks_only = epsilon_from_events(mech.worst_case_events(5)[:1], 1e-5)
+    worst = epsilon_from_events(mech.worst_case_events(5), 1e-5)
+    assert checks_only < worst
+    # the outcome (5 abstentions) would fit this budget, the worst case does not: refused,
+    # so that a refusal never reveals anything about the noisy outcome
+    ledger = PrivacyLedger(tmp_path / "s.sqlite", site="0", budget_epsilon=(checks_only + worst) / 2,
+                           delta=1e-5)
+    with pytest.raises(BudgetExceeded):
+        ledger.release(mech, votes, np.random.default_rng(0), round=1)
+    assert ledger.events() == [] and ledger.refusals() == 1 and ledger.queries_refused() == 5
+
+
+def test_a_release_that_fails_records_nothing(tmp_path):
+    import numpy as np
+
+    from fedens.privacy import GNMax
+
+    ledger = PrivacyLedger(tmp_path / "s.sqlite", site="0", budget_epsilon=50.0, delta=1e-5)
+    with pytest.raises(ValueError):
+        ledger.release(GNMax(sigma=1.0), np.array([[1.0, np.nan]]), np.random.default_rng(0))
+    assert ledger.events() == [] and ledger.refusals() == 0
