@@ -28,7 +28,8 @@ from fedens.data.partition import dirichlet_partition
 from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.federation import layout as L
 from fedens.federation import site_dp
-from fedens.federation.server_app import evaluate_combiner
+from fedens.federation.client_app import make_client_app
+from fedens.federation.server_app import evaluate_combiner, make_server_app
 from fedens.federation.simulation import run_in_simulation
 from fedens.privacy import PrivacyLedger
 
@@ -40,7 +41,8 @@ class ConfigError(ValueError):
     """A config value is out of range; the message names the key, value and what is allowed."""
 
 
-def _check(cfg: DictConfig, key: str, ok: Any, expected: str) -> None:
+def check(cfg: DictConfig, key: str, ok: Any, expected: str) -> None:
+    """Raise :class:`ConfigError` naming ``key``, its value and ``expected`` unless ``ok(value)``."""
     value = OmegaConf.select(cfg, key)
     try:
         good = bool(ok(value))
@@ -50,43 +52,62 @@ def _check(cfg: DictConfig, key: str, ok: Any, expected: str) -> None:
         raise ConfigError(f"invalid {key}={value!r}: expected {expected}")
 
 
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+KINDS = ("gated_ensemble", "pate")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first out-of-range value, before anything runs."""
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    _check(cfg, "federation.num_sites", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _check(cfg, "federation.num_rounds", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _check(cfg, "federation.fraction_train", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
-    _check(cfg, "federation.min_sites",
+    check(cfg, "kind", lambda v: v in KINDS, f"one of {list(KINDS)}")
+    check(cfg, "federation.num_sites", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check(cfg, "federation.min_sites",
            lambda v: is_int(v) and 1 <= v <= cfg.federation.num_sites,
            f"an integer in [1, federation.num_sites={cfg.federation.num_sites}]")
-    _check(cfg, "partition.alpha", lambda v: is_num(v) and v > 0, "a number > 0")
-    _check(cfg, "privacy.epsilon", lambda v: is_num(v) and v > 0, "a number > 0")
-    _check(cfg, "privacy.delta", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
-    _check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
-    _check(cfg, "privacy.max_grad_norm", lambda v: is_num(v) and v > 0, "a number > 0")
-    _check(cfg, "privacy.site_level.mode", lambda v: v in site_dp.MODES, f"one of {list(site_dp.MODES)}")
+    check(cfg, "privacy.delta", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
+    check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
+    if cfg.kind == "pate":
+        from fedens.pate import validate_pate
+
+        validate_pate(cfg)
+    else:
+        validate_gated_ensemble(cfg)
+
+
+def validate_gated_ensemble(cfg: DictConfig) -> None:
+    check(cfg, "federation.num_rounds", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check(cfg, "federation.fraction_train", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
+    check(cfg, "partition.alpha", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "privacy.epsilon", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "privacy.max_grad_norm", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "privacy.site_level.mode", lambda v: v in site_dp.MODES, f"one of {list(site_dp.MODES)}")
     for key in ("privacy.site_level.noise_multiplier", "privacy.site_level.clipping_norm"):
-        _check(cfg, key, lambda v: is_num(v) and v > 0, "a number > 0")
-    _check(cfg, "privacy.site_level.clipped_count_stddev", lambda v: v is None or (is_num(v) and v > 0),
+        check(cfg, key, lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "privacy.site_level.clipped_count_stddev", lambda v: v is None or (is_num(v) and v > 0),
            "null or a number > 0")
     if cfg.privacy.site_level.mode.endswith("adaptive"):
         sl = cfg.privacy.site_level
         problem = site_dp.adaptive_noise_problem(sl.noise_multiplier, cfg.federation.num_sites,
                                                  sl.clipped_count_stddev)
-        _check(cfg, "privacy.site_level.clipped_count_stddev", lambda v: not problem,
+        check(cfg, "privacy.site_level.clipped_count_stddev", lambda v: not problem,
                f"a value that lets adaptive clipping split the noise: {problem}")
-    _check(cfg, "experts.num_experts", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _check(cfg, "combiner.top_k", lambda v: is_int(v) and 1 <= v <= cfg.experts.num_experts,
+    check(cfg, "experts.num_experts", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check(cfg, "combiner.top_k", lambda v: is_int(v) and 1 <= v <= cfg.experts.num_experts,
            f"an integer in [1, experts.num_experts={cfg.experts.num_experts}]")
     for key in ("combiner.local_epochs", "combiner.batch_size", "combiner.central_epochs"):
-        _check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _check(cfg, "combiner.lr", lambda v: is_num(v) and v > 0, "a number > 0")
-    _check(cfg, "combiner.router_input_dim", lambda v: is_int(v) and v >= 0,
+        check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check(cfg, "combiner.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "combiner.router_input_dim", lambda v: is_int(v) and v >= 0,
            "an integer >= 0 (0: the raw inputs)")
     for key in ("data.public_fraction", "data.test_fraction"):
-        _check(cfg, key, lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
-    _check(cfg, "data.test_fraction", lambda v: v + cfg.data.public_fraction < 1,
+        check(cfg, key, lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
+    check(cfg, "data.test_fraction", lambda v: v + cfg.data.public_fraction < 1,
            f"public_fraction + test_fraction < 1 (public_fraction={cfg.data.public_fraction})")
 
 
@@ -94,7 +115,7 @@ def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
     return float((proba.argmax(axis=1) == y).mean())
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -204,8 +225,9 @@ def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         f"{cfg.federation.num_rounds} FedAvg rounds, DP-SGD target ε={cfg.privacy.epsilon:g} "
         f"at δ={cfg.privacy.delta:g} per site"
     )
-    run_in_simulation(settings, cfg.federation.num_sites, num_cpus=cfg.federation.num_cpus,
-                      progress=progress, verbose=cfg.federation.verbose)
+    run_in_simulation(make_server_app(settings, progress), make_client_app(settings),
+                      cfg.federation.num_sites, num_cpus=cfg.federation.num_cpus,
+                      verbose=cfg.federation.verbose)
     out = L.federation_dir(run_dir)
     if not (out / "rounds.json").is_file():
         raise RuntimeError(f"the federation ended without writing {out / 'rounds.json'}")
@@ -327,6 +349,10 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.kind == "pate":
+        from fedens.pate import run_pate
+
+        return run_pate(cfg, run_dir)
     started = time.monotonic()
     torch.manual_seed(cfg.seed)
 
@@ -374,7 +400,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     }
     _write_metrics_csv(run_dir / "metrics.csv", rounds["rounds"])
     _plot(run_dir / "accuracy.png", rounds["rounds"], baselines, cfg.combiner.top_k)
-    _write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
+    write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
     _print_table(results, cfg.combiner.top_k)
     console.print(f"results  {run_dir / 'results.json'}  ({results['timing']['wall_s']:.1f} s)")
     return results

@@ -15,11 +15,20 @@ def test_every_group_has_an_option():
     assert {g for g, _ in OPTIONS} == set(GROUPS)
 
 
+PRESETS = [p.stem for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))]
+
+
 @pytest.mark.parametrize("group, option", OPTIONS)
-def test_option_composes_and_validates(compose, group, option):
+def test_every_option_composes(compose, group, option):
     cfg = compose(f"{group}={option}")
+    assert cfg.name != "???" and group in cfg or group == "experiment"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_experiment_preset_validates(compose, preset):
+    cfg = compose(f"experiment={preset}")
     validate(cfg)
-    assert cfg.name != "???"
+    assert cfg.name == preset
 
 
 def test_defaults_are_the_quickstart(compose):

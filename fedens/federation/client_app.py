@@ -26,23 +26,6 @@ from fedens.privacy import BudgetExceeded, PrivacyLedger, calibrate_dpsgd_noise,
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
 
 _STATE_KEY = "fedens-dpsgd"  # this site's accountant history, in Context.state
-_BUDGET_REFUSED = 1001  # error code of a reply refused by the site's ledger
-_OPTED_OUT = 1002  # error code of a site that switched its contribution off
-
-
-def _site_paths(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, Path, Path]:
-    """The site's id, data file and ledger file: from its node_config, else (simulation)
-    from its folder in the run directory."""
-    site = int(node_config[L.PARTITION_ID])
-    paths = {}
-    for key, name in ((L.DATA_PATH, "data.npz"), (L.LEDGER_PATH, "ledger.sqlite")):
-        if node_config.get(key):
-            paths[key] = Path(str(node_config[key]))
-        elif L.RUN_DIR in settings:
-            paths[key] = L.site_dir(settings[L.RUN_DIR], site) / name
-        else:
-            raise ValueError(f"site {site}: node_config has no {key!r} and run_config no {L.RUN_DIR!r}")
-    return site, paths[L.DATA_PATH], paths[L.LEDGER_PATH]
 
 
 def _restore(context: Context) -> tuple[float | None, list[tuple[float, float, int]]]:
@@ -68,10 +51,9 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     """One round of local DP-SGD at one site."""
     torch.set_num_threads(1)
     s = L.merged(settings, context.run_config)
-    site, data_path, ledger_path = _site_paths(s, context.node_config)
-    if str(context.node_config.get(L.CONTRIBUTE, "true")).lower() in ("false", "0", "no"):
-        reason = f"site {site} has switched its contribution off (node_config {L.CONTRIBUTE}=false)"
-        return Message(Error(code=_OPTED_OUT, reason=reason), reply_to=msg)
+    site, data_path, ledger_path = L.site_paths(s, context.node_config)
+    if not L.contributes(context.node_config):
+        return Message(Error(code=L.OPTED_OUT, reason=L.opted_out_reason(site)), reply_to=msg)
     server_round = int(msg.content["config"]["server-round"])
     with np.load(data_path) as data:
         X, y = data["X"], data["y"]
@@ -98,7 +80,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
                     "max_grad_norm": float(s[L.MAX_GRAD_NORM])},
         )
     except BudgetExceeded as refusal:
-        return Message(Error(code=_BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
+        return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
     finally:
         ledger.close()
 

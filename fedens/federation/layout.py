@@ -34,11 +34,27 @@ SITE_DP_NOISE = "site-dp-noise-multiplier"
 SITE_DP_CLIP = "site-dp-clipping-norm"
 SITE_DP_COUNT_STDDEV = "site-dp-clipped-count-stddev"  # <= 0: Flower's default, sites / 20
 
+# PATE run settings.
+TEACHERS_PER_SITE = "teachers-per-site"
+TEACHER_STEPS = "teacher-steps"
+TEACHER_BATCH = "teacher-batch-size"
+TEACHER_LR = "teacher-lr"
+TEACHER_CHANNELS = "teacher-channels"  # "c1,c2"
+POOL_PATH = "pool-path"  # the coordinator's public, unlabelled query pool
+NUM_QUERIES = "num-queries"
+QUERY_BATCH = "query-batch"
+MECHANISM = "mechanism"
+MECHANISM_PARAMS = "mechanism-params"  # JSON
+
 # Keys of a site's node_config (deployment: --node-config; simulation: Flower's).
 PARTITION_ID = "partition-id"
 DATA_PATH = "data-path"
 LEDGER_PATH = "ledger-path"
 CONTRIBUTE = "contribute"  # false: the site switches its contribution off
+
+# Error codes of replies a site refuses.
+BUDGET_REFUSED = 1001  # its ledger cannot pay for the release
+OPTED_OUT = 1002  # it has switched its contribution off
 
 
 def site_dir(run_dir: str | Path, site: int) -> Path:
@@ -54,6 +70,30 @@ def coordinator_test_path(run_dir: str | Path) -> Path:
 def federation_dir(run_dir: str | Path) -> Path:
     """Where the coordinator writes the global combiner and per-round metrics."""
     return Path(run_dir) / "federation"
+
+
+def site_paths(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, Path, Path]:
+    """The site's id, data file and ledger file: from its node_config, else (simulation)
+    from its folder in the run directory."""
+    site = int(node_config[PARTITION_ID])
+    paths = {}
+    for key, name in ((DATA_PATH, "data.npz"), (LEDGER_PATH, "ledger.sqlite")):
+        if node_config.get(key):
+            paths[key] = Path(str(node_config[key]))
+        elif RUN_DIR in settings:
+            paths[key] = site_dir(settings[RUN_DIR], site) / name
+        else:
+            raise ValueError(f"site {site}: node_config has no {key!r} and run_config no {RUN_DIR!r}")
+    return site, paths[DATA_PATH], paths[LEDGER_PATH]
+
+
+def contributes(node_config: Mapping[str, Any]) -> bool:
+    """False when the site has switched its contribution off (``contribute=false``)."""
+    return str(node_config.get(CONTRIBUTE, "true")).lower() not in ("false", "0", "no")
+
+
+def opted_out_reason(site: int) -> str:
+    return f"site {site} has switched its contribution off (node_config {CONTRIBUTE}=false)"
 
 
 def merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

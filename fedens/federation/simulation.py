@@ -5,22 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
-from typing import Any
 
-from fedens.federation.client_app import make_client_app
-from fedens.federation.server_app import ProgressFn, make_server_app
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 
 
 def run_in_simulation(
-    settings: Mapping[str, Any],
+    server_app: ServerApp,
+    client_app: ClientApp,
     num_sites: int,
     *,
     num_cpus: int = 2,
-    progress: ProgressFn | None = None,
     verbose: bool = False,
 ) -> None:
-    """Run ``num_sites`` simulated SuperNodes and the coordinator until all rounds end."""
+    """Run ``num_sites`` simulated SuperNodes with ``client_app`` and the coordinator's
+    ``server_app`` until the server app returns."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
@@ -28,14 +27,14 @@ def run_in_simulation(
 
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
-    if not verbose:  # fedens prints its own progress; failures show in `sites_reporting`
+    if not verbose:  # fedens prints its own progress; failures show in its reports
         flwr_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(
-                server_app=make_server_app(settings, progress),
-                client_app=make_client_app(settings),
+                server_app=server_app,
+                client_app=client_app,
                 num_supernodes=num_sites,
                 backend_config={
                     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

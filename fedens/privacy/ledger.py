@@ -163,6 +163,30 @@ class PrivacyLedger:
             (time.time(), round, mechanism, json.dumps(params or {}), event_to_json(event)),
         )
 
+    def check_budget(
+        self,
+        worst_case: list[dp_accounting.DpEvent],
+        *,
+        mechanism: str,
+        round: int | None = None,
+        queries: int = 0,
+    ) -> float:
+        """Raise :class:`BudgetExceeded` (recording the refusal) unless ``worst_case``
+        fits the budget; return the epsilon it would reach.
+
+        For releases made elsewhere (the coordinator adds the noise): the site
+        checks the worst case before it contributes, then :meth:`charge` s what
+        the release actually spent, which can then never be refused.
+        """
+        refusal = None
+        with self._transaction():
+            eps = epsilon_from_events([*self.events(), *worst_case], self.delta)
+            if eps > self.budget_epsilon:
+                refusal = self._refuse(mechanism, round, eps, queries)
+        if refusal is not None:
+            raise refusal
+        return eps
+
     def release(
         self,
         mechanism: Mechanism,

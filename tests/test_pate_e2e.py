@@ -1,0 +1,64 @@
+"""PATE across sites, shrunk (few teachers, few queries), end to end through Flower."""
+
+import json
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting.rdp import RdpAccountant
+
+from fedens.experiment import run
+from fedens.privacy import PrivacyLedger
+
+SHRUNK = ["experiment=pate_mnist", "federation.num_sites=2", "experts.num_teachers=10",
+          "experts.steps=30", "privacy.num_queries=40", "privacy.query_batch=20",
+          "privacy.threshold=6", "privacy.sigma1=2", "privacy.sigma2=1.5", "combiner.steps=20",
+          "combiner.centralized_reference=false"]
+
+
+@pytest.mark.slow
+def test_pate_pipeline_charges_every_site_exactly_what_was_released(compose, tmp_path):
+    results = run(compose(*SHRUNK, "privacy.budget=100"), run_dir=tmp_path)
+
+    with np.load(tmp_path / "federation" / "released_labels.npz") as released:
+        labels, answered = released["labels"], released["answered"]
+    assert len(labels) == 40 and (labels[~answered] == -1).all()
+    assert ((labels[answered] >= 0) & (labels[answered] < 10)).all()
+    k = int(answered.sum())
+    assert 0 < k < 40 and results["privacy"]["queries_answered"] == k
+
+    # each site's ledger = 40 checks (sigma1) + k answers (GNMax, sigma2/sqrt(2)), independently
+    accountant = RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(2.0), 40)
+    accountant.compose(dp_accounting.GaussianDpEvent(1.5 / np.sqrt(2)), k)
+    for site in ("0", "1"):
+        ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        assert ledger.epsilon() == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+        assert results["privacy"]["per_site"][site]["epsilon"] == pytest.approx(ledger.epsilon())
+    dd = results["privacy"]["data_dependent"]
+    # the analysis minimises over its own grid of RDP orders (up to 500), the ledgers over
+    # dp-accounting's default grid: the same bound, optimised over different orders
+    assert dd["epsilon_data_independent"] == pytest.approx(accountant.get_epsilon(1e-5), rel=0.01)
+    assert 0 < dd["epsilon_data_dependent"] <= dd["epsilon_data_independent"]
+
+    assert 0 <= results["metrics"]["answered_label_accuracy"] <= 1
+    assert 0.1 < results["metrics"]["test_accuracy"] <= 1
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert {"schema", "data", "metrics", "baselines", "cost", "privacy", "timing"} <= set(on_disk)
+    # the private vote histograms were not written anywhere
+    assert not [p for p in tmp_path.rglob("*") if "vote" in p.name]
+
+    # a rerun with new noise reuses the sites' cached teachers
+    rerun = run(compose(*SHRUNK, "privacy.budget=100", "seed=0"), run_dir=tmp_path / "again")
+    assert rerun["data"]["num_teachers"] == 10
+
+
+@pytest.mark.slow
+def test_sites_refuse_queries_their_budget_cannot_pay_for(compose, tmp_path):
+    results = run(compose(*SHRUNK, "privacy.budget=20"), run_dir=tmp_path)
+    assert results["privacy"]["queries_answered"] == 0
+    assert results["privacy"]["queries_refused"] == 40
+    assert results["metrics"]["test_accuracy"] is None
+    for site in ("0", "1"):
+        ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        assert ledger.events() == [] and ledger.queries_refused() == 40
