@@ -71,7 +71,6 @@ def validate(cfg: DictConfig) -> None:
            lambda v: is_int(v) and 1 <= v <= cfg.federation.num_sites,
            f"an integer in [1, federation.num_sites={cfg.federation.num_sites}]")
     check(cfg, "privacy.delta", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
-    check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
     if cfg.kind == "pate":
         from fedens.pate import validate_pate
 
@@ -85,6 +84,7 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
     check(cfg, "federation.fraction_train", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
     check(cfg, "partition.alpha", lambda v: is_num(v) and v > 0, "a number > 0")
     check(cfg, "privacy.epsilon", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
     check(cfg, "privacy.max_grad_norm", lambda v: is_num(v) and v > 0, "a number > 0")
     check(cfg, "privacy.site_level.mode", lambda v: v in site_dp.MODES, f"one of {list(site_dp.MODES)}")
     for key in ("privacy.site_level.noise_multiplier", "privacy.site_level.clipping_norm"):

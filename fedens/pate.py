@@ -38,6 +38,7 @@ ANCHORS = {
 
 
 def validate_pate(cfg: DictConfig) -> None:
+    check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
     check(cfg, "data.name", lambda v: v == "mnist", "'mnist' (the PATE pipeline reads MNIST)")
     check(cfg, "partition.name", lambda v: v == "iid", "'iid' (skewed sites are not wired into PATE yet)")
     check(cfg, "experts.num_teachers",
