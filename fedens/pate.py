@@ -145,7 +145,8 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                       f"{len(data['pool']) - int(answered.sum())} unlabelled images")
         unlabelled = np.setdiff1d(np.arange(len(data["pool"])), queried[answered])
         student = train_student(data["pool"][queried[answered]], labels[answered],
-                                data["pool"][unlabelled], _student_config(cfg), cfg.seed)
+                                data["pool"][unlabelled], _student_config(cfg), cfg.seed,
+                                progress=console.print)
         student_accuracy = float((student.predict(data["test"]) == data["test_labels"]).mean())
     else:
         console.print("student  not trained: no query was answered (refused by the sites' budgets, "
@@ -154,7 +155,7 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.combiner.centralized_reference:
         console.print("reference  the student's CNN on all 60,000 labelled training images (non-private)")
         model = train_student(data["X_train"], data["y_train"], np.zeros((0, 784), np.float32),
-                              _student_config(cfg), cfg.seed)
+                              _student_config(cfg), cfg.seed, progress=console.print)
         central = float((model.predict(data["test"]) == data["test_labels"]).mean())
 
     per_site = _ledgers(cfg, run_dir)

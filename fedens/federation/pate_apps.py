@@ -20,6 +20,7 @@ summed vote histograms are private and stay in the coordinator's memory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -54,7 +55,7 @@ def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]) -> tupl
     seed = int(s[L.SEED]) * 1000 + site
     cache = data_path.parent / "teachers.pt"
     key = json.dumps({"teachers": num_teachers, "config": repr(config), "seed": seed,
-                      "data_bytes": data_path.stat().st_size, "data_mtime": data_path.stat().st_mtime})
+                      "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest()})
     key_file = cache.with_suffix(".json")
     if cache.is_file() and key_file.is_file() and key_file.read_text() == key:
         return site, TeacherCNNs.load(cache), False
