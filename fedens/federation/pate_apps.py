@@ -252,9 +252,7 @@ def _write_outcome(s: Mapping[str, Any], mechanism: Any, labels: np.ndarray, ans
                                 threshold=p["threshold"], sigma_threshold=p["sigma1"],
                                 answered=answered[asked]).as_dict()
     report = {"teachers": teachers, "queries": len(labels), "answered": int(answered.sum()),
-              "refused": refused, "batches": batches, "analysis": analysis, "seconds": seconds,
-              "top_vote_share_median": float(np.median(votes[asked].max(axis=1) / teachers))
-              if asked.any() else None}
+              "refused": refused, "batches": batches, "analysis": analysis, "seconds": seconds}
     tmp = out / "pate.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out / "pate.json")
