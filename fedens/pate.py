@@ -89,6 +89,7 @@ def _settings(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         L.TEACHERS_PER_SITE: e.num_teachers // cfg.federation.num_sites,
         L.TEACHER_STEPS: e.steps, L.TEACHER_BATCH: e.batch_size, L.TEACHER_LR: float(e.lr),
         L.TEACHER_CHANNELS: ",".join(str(c) for c in e.channels),
+        L.TEACHER_CACHE_DIR: str(Path(e.cache_dir).resolve()) if e.cache_dir else "",
         L.POOL_PATH: str(run_dir / "coordinator" / "pool.npz"),
         L.NUM_QUERIES: cfg.privacy.num_queries, L.QUERY_BATCH: cfg.privacy.query_batch,
         L.MECHANISM: cfg.privacy.mechanism, L.MECHANISM_PARAMS: json.dumps(_mechanism_params(cfg)),
@@ -164,7 +165,8 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results = {
         "schema": SCHEMA_VERSION, "experiment": cfg.name, "seed": cfg.seed,
         "data": {"name": "mnist", "num_sites": cfg.federation.num_sites, "num_classes": 10,
-                 "partition": cfg.partition.name, "num_teachers": outcome["teachers"]},
+                 "partition": cfg.partition.name, "num_teachers": outcome["teachers"],
+                 "sites_that_trained_teachers": outcome["sites_that_trained_teachers"]},
         "metrics": {"test_accuracy": student_accuracy, "test_nll": None,
                     "answered_label_accuracy": label_accuracy,
                     "queries_answered": outcome["answered"], "queries": outcome["queries"]},

@@ -18,7 +18,10 @@ SHRUNK = ["experiment=pate_mnist", "federation.num_sites=2", "experts.num_teache
 
 @pytest.mark.slow
 def test_pate_pipeline_charges_every_site_exactly_what_was_released(compose, tmp_path):
-    results = run(compose(*SHRUNK, "privacy.budget=100"), run_dir=tmp_path)
+    cache = f"experts.cache_dir={tmp_path / 'teachers'}"
+    results = run(compose(*SHRUNK, "privacy.budget=100", cache), run_dir=tmp_path / "run")
+    assert results["data"]["sites_that_trained_teachers"] == 2
+    tmp_path = tmp_path / "run"
 
     with np.load(tmp_path / "federation" / "released_labels.npz") as released:
         labels, answered = released["labels"], released["answered"]
@@ -49,8 +52,10 @@ def test_pate_pipeline_charges_every_site_exactly_what_was_released(compose, tmp
     assert not [p for p in tmp_path.rglob("*") if "vote" in p.name]
 
     # a rerun with new noise reuses the sites' cached teachers
-    rerun = run(compose(*SHRUNK, "privacy.budget=100", "seed=0"), run_dir=tmp_path / "again")
+    rerun = run(compose(*SHRUNK, "privacy.budget=100", "privacy.sigma2=3", cache),
+                run_dir=tmp_path.parent / "again")
     assert rerun["data"]["num_teachers"] == 10
+    assert rerun["data"]["sites_that_trained_teachers"] == 0
 
 
 @pytest.mark.slow

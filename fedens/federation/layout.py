@@ -40,6 +40,7 @@ TEACHER_STEPS = "teacher-steps"
 TEACHER_BATCH = "teacher-batch-size"
 TEACHER_LR = "teacher-lr"
 TEACHER_CHANNELS = "teacher-channels"  # "c1,c2"
+TEACHER_CACHE_DIR = "teacher-cache-dir"  # "" : the site's own folder
 POOL_PATH = "pool-path"  # the coordinator's public, unlabelled query pool
 NUM_QUERIES = "num-queries"
 QUERY_BATCH = "query-batch"

@@ -53,14 +53,17 @@ def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]) -> tupl
     site, data_path, _ = L.site_paths(s, node_config)
     num_teachers, config = int(s[L.TEACHERS_PER_SITE]), _teacher_config(s)
     seed = int(s[L.SEED]) * 1000 + site
-    cache = data_path.parent / "teachers.pt"
-    key = json.dumps({"teachers": num_teachers, "config": repr(config), "seed": seed,
-                      "data_sha256": hashlib.sha256(data_path.read_bytes()).hexdigest()})
+    shared = str(s.get(L.TEACHER_CACHE_DIR) or "")
+    cache = (Path(shared) / f"site_{site}" if shared else data_path.parent) / "teachers.pt"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with np.load(data_path) as data:
+        raw, y = data["X"], data["y"]
+    digest = hashlib.sha256(raw.tobytes() + y.tobytes()).hexdigest()
+    key = json.dumps({"teachers": num_teachers, "config": repr(config), "seed": seed, "data_sha256": digest})
     key_file = cache.with_suffix(".json")
     if cache.is_file() and key_file.is_file() and key_file.read_text() == key:
         return site, TeacherCNNs.load(cache), False
-    with np.load(data_path) as data:
-        X, y = data["X"].astype(np.float32) / 255.0, data["y"]
+    X = raw.astype(np.float32) / 255.0
     if len(y) < num_teachers:
         raise ValueError(f"site {site}: {len(y)} records cannot make {num_teachers} disjoint shards")
     shards = np.array_split(np.random.default_rng(seed).permutation(len(y)), num_teachers)
@@ -233,11 +236,13 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
             f"{'' if not failed else f' ({len(failed)} refused)'}; site ε_max {eps:.2f} "
             f"[{time.monotonic() - started:.0f} s]")
     _write_outcome(s, mechanism, np.concatenate(labels), np.concatenate(answered),
-                   np.concatenate(all_votes), refused, batches, teachers, time.monotonic() - started)
+                   np.concatenate(all_votes), refused, batches, teachers, retrained,
+                   time.monotonic() - started)
 
 
 def _write_outcome(s: Mapping[str, Any], mechanism: Any, labels: np.ndarray, answered: np.ndarray,
-                   votes: np.ndarray, refused: int, batches: list, teachers: int, seconds: float) -> None:
+                   votes: np.ndarray, refused: int, batches: list, teachers: int, retrained: int,
+                   seconds: float) -> None:
     """Released labels and the privacy analysis; the private votes are not written."""
     from fedens.privacy import analyze_pate
 
@@ -251,8 +256,9 @@ def _write_outcome(s: Mapping[str, Any], mechanism: Any, labels: np.ndarray, ans
         analysis = analyze_pate(votes[asked], sigma=p["sigma2"], delta=float(s[L.DELTA]),
                                 threshold=p["threshold"], sigma_threshold=p["sigma1"],
                                 answered=answered[asked]).as_dict()
-    report = {"teachers": teachers, "queries": len(labels), "answered": int(answered.sum()),
-              "refused": refused, "batches": batches, "analysis": analysis, "seconds": seconds}
+    report = {"teachers": teachers, "sites_that_trained_teachers": retrained,
+              "queries": len(labels), "answered": int(answered.sum()), "refused": refused,
+              "batches": batches, "analysis": analysis, "seconds": seconds}
     tmp = out / "pate.json.tmp"
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out / "pate.json")
