@@ -234,36 +234,42 @@ def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return json.loads((out / "rounds.json").read_text())
 
 
-def _privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> dict[str, Any]:
-    per_site: dict[str, Any] = {}
-    refused = 0
-    last_reports: dict[str, Any] = {}
-    for reports in rounds["sites"].values():
-        last_reports.update(reports)
+def site_ledger_summaries(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per site: epsilon spent (None if nothing was released), budget, events, refusals,
+    read from the sites' ledgers in the run directory (simulation)."""
+    per_site: dict[str, dict[str, Any]] = {}
     for site in range(cfg.federation.num_sites):
         path = L.site_dir(run_dir, site) / "ledger.sqlite"
         if not path.is_file():
             per_site[str(site)] = {"epsilon": None, "budget": float(cfg.privacy.budget)}
             continue
         ledger = PrivacyLedger.open_existing(path)
-        summary = ledger.summary()
+        s = ledger.summary()
         ledger.close()
-        refused += summary["refusals"]
-        report = last_reports.get(str(site), {})
-        per_site[str(site)] = {
-            "epsilon": summary["epsilon"] if summary["events"] else None,
-            "budget": summary["budget"],
-            "events": summary["events"],
-            "refusals": summary["refusals"],
-            "opacus_epsilon": report.get("opacus-epsilon"),
-            "noise_multiplier": report.get("noise-multiplier"),
-        }
+        per_site[str(site)] = {"epsilon": s["epsilon"] if s["events"] else None, "budget": s["budget"],
+                               "events": s["events"], "refusals": s["refusals"],
+                               "queries_refused": s["queries_refused"]}
+    return per_site
+
+
+def epsilon_max(per_site: dict[str, dict[str, Any]]) -> float | None:
     spent = [s["epsilon"] for s in per_site.values() if s["epsilon"] is not None]
+    return max(spent) if spent else None
+
+
+def _privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> dict[str, Any]:
+    last_reports: dict[str, Any] = {}
+    for reports in rounds["sites"].values():
+        last_reports.update(reports)
+    per_site = site_ledger_summaries(cfg, run_dir)
+    for site, entry in per_site.items():  # Opacus' own accountant, as a cross-check
+        entry["opacus_epsilon"] = last_reports.get(site, {}).get("opacus-epsilon")
+        entry["noise_multiplier"] = last_reports.get(site, {}).get("noise-multiplier")
     return {
         "delta": float(cfg.privacy.delta),
-        "epsilon_max": max(spent) if spent else None,
+        "epsilon_max": epsilon_max(per_site),
         "per_site": per_site,
-        "rounds_refused": refused,
+        "rounds_refused": sum(s.get("refusals", 0) for s in per_site.values()),
         "accounting": "rdp-data-independent",
         "mechanism": "dp-sgd (opacus), record-level, per site",
         "site_level": rounds["site_level"],

@@ -20,12 +20,21 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from fedens.data.mnist import load_mnist
-from fedens.experiment import SCHEMA_VERSION, check, console, is_int, is_num, write_atomic
+from fedens.experiment import (
+    SCHEMA_VERSION,
+    check,
+    console,
+    epsilon_max,
+    is_int,
+    is_num,
+    site_ledger_summaries,
+    write_atomic,
+)
 from fedens.experts.student import StudentConfig, train_student
 from fedens.federation import layout as L
 from fedens.federation.pate_apps import make_pate_client_app, make_pate_server_app, pool_file
 from fedens.federation.simulation import run_in_simulation
-from fedens.privacy import MECHANISMS, PrivacyLedger
+from fedens.privacy import MECHANISMS
 
 # Published numbers, for comparison only (not measured here).
 ANCHORS = {
@@ -102,22 +111,6 @@ def _student_config(cfg: DictConfig, steps: int | None = None) -> StudentConfig:
                          float(c.confidence), float(c.unlabelled_weight))
 
 
-def _ledgers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    per_site = {}
-    for site in range(cfg.federation.num_sites):
-        path = L.site_dir(run_dir, site) / "ledger.sqlite"
-        if not path.is_file():
-            per_site[str(site)] = {"epsilon": None, "budget": float(cfg.privacy.budget)}
-            continue
-        ledger = PrivacyLedger.open_existing(path)
-        summary = ledger.summary()
-        ledger.close()
-        per_site[str(site)] = {"epsilon": summary["epsilon"] if summary["events"] else None,
-                               "budget": summary["budget"], "events": summary["events"],
-                               "queries_refused": summary["queries_refused"]}
-    return per_site
-
-
 def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run the PATE pipeline; write and return results.json."""
     started = time.monotonic()
@@ -159,8 +152,7 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                               _student_config(cfg), cfg.seed, progress=console.print)
         central = float((model.predict(data["test"]) == data["test_labels"]).mean())
 
-    per_site = _ledgers(cfg, run_dir)
-    spent = [s["epsilon"] for s in per_site.values() if s["epsilon"] is not None]
+    per_site = site_ledger_summaries(cfg, run_dir)
     analysis = outcome["analysis"] or {}
     results = {
         "schema": SCHEMA_VERSION, "experiment": cfg.name, "seed": cfg.seed,
@@ -181,7 +173,7 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "cost": {"num_experts": outcome["teachers"], "expert_calls_per_query": float(outcome["teachers"])},
         "privacy": {
             "delta": float(cfg.privacy.delta),
-            "epsilon_max": max(spent) if spent else None,
+            "epsilon_max": epsilon_max(per_site),
             "per_site": per_site,
             "queries_answered": outcome["answered"],
             "queries_refused": outcome["refused"],

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 
-COMBINERS: dict[str, type] = {}
-T = TypeVar("T", bound=type)
+from fedens.registry import Registry, T
+
+COMBINERS = Registry("combiner")
 
 
 def register_combiner(name: str) -> Callable[[T], T]:
     """Class decorator: make a combiner findable by ``name`` from config."""
-
-    def wrap(cls: T) -> T:
-        if name in COMBINERS:
-            raise ValueError(f"combiner name {name!r} is already registered")
-        COMBINERS[name] = cls
-        return cls
-
-    return wrap
+    return COMBINERS.register(name)
 
 
 def check_expert_outputs(P: np.ndarray) -> np.ndarray:

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-EXPERTS: dict[str, type] = {}
-T = TypeVar("T", bound=type)
+from fedens.registry import Registry, T
+
+EXPERTS = Registry("expert adapter")
 
 
 def register_expert(name: str) -> Callable[[T], T]:
-    """Class decorator: make an expert adapter findable by ``name`` from config.
-
-    Examples
-    --------
-    >>> @register_expert("always_first")  # doctest: +SKIP
-    ... class AlwaysFirst: ...
-    """
-
-    def wrap(cls: T) -> T:
-        if name in EXPERTS:
-            raise ValueError(f"expert adapter name {name!r} is already registered")
-        EXPERTS[name] = cls
-        return cls
-
-    return wrap
+    """Class decorator: make an expert adapter findable by ``name`` from config."""
+    return EXPERTS.register(name)
 
 
 def make_expert(adapter: str, /, **kwargs: Any) -> Any:
@@ -39,6 +27,4 @@ def make_expert(adapter: str, /, **kwargs: Any) -> Any:
     >>> e.predict_proba(np.zeros((3, 1))).shape
     (3, 2)
     """
-    if adapter not in EXPERTS:
-        raise ValueError(f"unknown expert adapter {adapter!r}; choose from {sorted(EXPERTS)}")
-    return EXPERTS[adapter](**kwargs)
+    return EXPERTS.build(adapter, **kwargs)

@@ -22,7 +22,7 @@ from fedens.combiners.training import combiner_dataset, make_optimizer, run_epoc
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
 from fedens.federation import site_dp
-from fedens.privacy import BudgetExceeded, PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
+from fedens.privacy import BudgetExceeded, calibrate_dpsgd_noise, dpsgd_event
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
 
 _STATE_KEY = "fedens-dpsgd"  # this site's accountant history, in Context.state
@@ -69,8 +69,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
             float(s[L.TARGET_EPSILON]), delta, rate, steps * int(s[L.NUM_ROUNDS])
         )
 
-    budget = float(context.node_config.get(L.BUDGET_EPSILON, s[L.BUDGET_EPSILON]))
-    ledger = PrivacyLedger(ledger_path, site=str(site), budget_epsilon=budget, delta=delta)
+    ledger = L.open_site_ledger(s, context.node_config)
     try:  # the budget is checked, and the event recorded, before anything is released
         epsilon = ledger.charge(
             dpsgd_event(sigma, rate, steps),

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedens.privacy import PrivacyLedger
+
 # Keys of the run settings (Flower's run_config style: hyphenated).
 RUN_DIR = "run-dir"
 EXPERTS_PATH = "experts-path"
@@ -86,6 +88,13 @@ def site_paths(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> t
         else:
             raise ValueError(f"site {site}: node_config has no {key!r} and run_config no {RUN_DIR!r}")
     return site, paths[DATA_PATH], paths[LEDGER_PATH]
+
+
+def open_site_ledger(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> PrivacyLedger:
+    """The site's ledger, with the budget from its node_config (else the run's default)."""
+    site, _, ledger_path = site_paths(settings, node_config)
+    budget = float(node_config.get(BUDGET_EPSILON, settings[BUDGET_EPSILON]))
+    return PrivacyLedger(ledger_path, site=str(site), budget_epsilon=budget, delta=float(settings[DELTA]))
 
 
 def contributes(node_config: Mapping[str, Any]) -> bool:

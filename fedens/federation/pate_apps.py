@@ -35,7 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedens.experts.teachers import TeacherCNNs, TeacherConfig
 from fedens.federation import layout as L
-from fedens.privacy import BudgetExceeded, PrivacyLedger, Release, make_mechanism
+from fedens.privacy import BudgetExceeded, Release, make_mechanism
 
 ProgressFn = Callable[[str], None]
 
@@ -83,12 +83,6 @@ def train_teachers(msg: Message, context: Context, settings: Mapping[str, Any]) 
         "seconds": time.monotonic() - started})}), reply_to=msg)
 
 
-def _ledger(s: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, PrivacyLedger]:
-    site, _, ledger_path = L.site_paths(s, node_config)
-    budget = float(node_config.get(L.BUDGET_EPSILON, s[L.BUDGET_EPSILON]))
-    return site, PrivacyLedger(ledger_path, site=str(site), budget_epsilon=budget, delta=float(s[L.DELTA]))
-
-
 def answer_votes(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
     """Vote histogram of this site's teachers on the query batch, if its budget allows."""
     torch.set_num_threads(1)
@@ -99,7 +93,7 @@ def answer_votes(msg: Message, context: Context, settings: Mapping[str, Any]) ->
     config = msg.content["config"]
     images = msg.content["queries"]["images"].numpy().astype(np.float32) / 255.0
     mechanism = make_mechanism(str(config["mechanism"]), **json.loads(str(config["params"])))
-    site, ledger = _ledger(s, context.node_config)
+    ledger = L.open_site_ledger(s, context.node_config)
     try:
         ledger.check_budget(mechanism.worst_case_events(len(images)), mechanism=mechanism.name,
                             round=int(config["batch"]), queries=len(images))
@@ -124,7 +118,7 @@ def charge_release(msg: Message, context: Context, settings: Mapping[str, Any]) 
     outcome = msg.content["outcome"]
     release = Release(mechanism.name, params, outcome["labels"].numpy(),
                       outcome["answered"].numpy().astype(bool))
-    site, ledger = _ledger(s, context.node_config)
+    ledger = L.open_site_ledger(s, context.node_config)
     try:
         epsilon = ledger.charge(mechanism.event(release), mechanism=mechanism.name,
                                 round=int(config["batch"]),
@@ -134,7 +128,7 @@ def charge_release(msg: Message, context: Context, settings: Mapping[str, Any]) 
         return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
     finally:
         ledger.close()
-    return Message(RecordDict({"metrics": MetricRecord({"site": site, "epsilon": epsilon})}),
+    return Message(RecordDict({"metrics": MetricRecord({"site": int(ledger.site), "epsilon": epsilon})}),
                    reply_to=msg)
 
 

@@ -18,7 +18,9 @@ import dp_accounting
 import numpy as np
 from dp_accounting.rdp import RdpAccountant
 
-MECHANISMS: dict[str, type[Mechanism]] = {}
+from fedens.registry import Registry
+
+MECHANISMS = Registry("mechanism")
 M = TypeVar("M", bound="type[Mechanism]")
 SQRT2 = math.sqrt(2.0)
 
@@ -27,20 +29,15 @@ def register_mechanism(name: str) -> Callable[[M], M]:
     """Class decorator: make a mechanism findable by ``name`` from config."""
 
     def wrap(cls: M) -> M:
-        if name in MECHANISMS:
-            raise ValueError(f"mechanism name {name!r} is already registered")
         cls.name = name
-        MECHANISMS[name] = cls
-        return cls
+        return MECHANISMS.register(name)(cls)
 
     return wrap
 
 
 def make_mechanism(name: str, **params: Any) -> Mechanism:
     """The registered mechanism ``name`` built with keyword ``params``."""
-    if name not in MECHANISMS:
-        raise ValueError(f"unknown mechanism {name!r}; registered: {sorted(MECHANISMS)}")
-    return MECHANISMS[name](**params)
+    return MECHANISMS.build(name, **params)
 
 
 @dataclass(frozen=True, eq=False)
