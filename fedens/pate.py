@@ -133,7 +133,7 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     label_accuracy = float((labels[answered] == data["pool_labels"][queried][answered]).mean()) \
         if answered.any() else None
 
-    student_accuracy = None
+    student_accuracy = student_nll = None
     if answered.any():
         console.print(f"student  training on {int(answered.sum())} released labels + "
                       f"{len(data['pool']) - int(answered.sum())} unlabelled images")
@@ -141,7 +141,10 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         student = train_student(data["pool"][queried[answered]], labels[answered],
                                 data["pool"][unlabelled], _student_config(cfg), cfg.seed,
                                 progress=console.print)
-        student_accuracy = float((student.predict(data["test"]) == data["test_labels"]).mean())
+        proba = student.predict_proba(data["test"])
+        student_accuracy = float((proba.argmax(axis=1) == data["test_labels"]).mean())
+        true = proba[np.arange(len(proba)), data["test_labels"]]
+        student_nll = float(-np.log(np.clip(true, 1e-12, None)).mean())
     else:
         console.print("student  not trained: no query was answered (refused by the sites' budgets, "
                       "or every query abstained)")
@@ -159,7 +162,7 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "data": {"name": "mnist", "num_sites": cfg.federation.num_sites, "num_classes": 10,
                  "partition": cfg.partition.name, "num_teachers": outcome["teachers"],
                  "sites_that_trained_teachers": outcome["sites_that_trained_teachers"]},
-        "metrics": {"test_accuracy": student_accuracy, "test_nll": None,
+        "metrics": {"test_accuracy": student_accuracy, "test_nll": student_nll,
                     "answered_label_accuracy": label_accuracy,
                     "queries_answered": outcome["answered"], "queries": outcome["queries"]},
         "baselines": {

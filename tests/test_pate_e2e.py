@@ -46,6 +46,7 @@ def test_pate_pipeline_charges_every_site_exactly_what_was_released(compose, tmp
 
     assert 0 <= results["metrics"]["answered_label_accuracy"] <= 1
     assert 0.1 < results["metrics"]["test_accuracy"] <= 1
+    assert 0 < results["metrics"]["test_nll"] < 10
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert {"schema", "data", "metrics", "baselines", "cost", "privacy", "timing"} <= set(on_disk)
     # the private vote histograms were not written anywhere
@@ -63,7 +64,7 @@ def test_sites_refuse_queries_their_budget_cannot_pay_for(compose, tmp_path):
     results = run(compose(*SHRUNK, "privacy.budget=20"), run_dir=tmp_path)
     assert results["privacy"]["queries_answered"] == 0
     assert results["privacy"]["queries_refused"] == 40
-    assert results["metrics"]["test_accuracy"] is None
+    assert results["metrics"]["test_accuracy"] is None and results["metrics"]["test_nll"] is None
     for site in ("0", "1"):
         ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
         assert ledger.events() == [] and ledger.queries_refused() == 40

@@ -43,10 +43,13 @@ class StudentCNN(nn.Module):
         return self.features(x)
 
     @torch.no_grad()
-    def predict(self, X: np.ndarray, chunk: int = 1000) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, chunk: int = 1000) -> np.ndarray:
         self.eval()
         x = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(-1, 1, 28, 28)
-        return torch.cat([self(part).argmax(1) for part in x.split(chunk)]).numpy()
+        return torch.cat([F.softmax(self(part), dim=1) for part in x.split(chunk)]).numpy()
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
 
 
 def _shift(x: torch.Tensor, max_pixels: int, generator: torch.Generator) -> torch.Tensor:
