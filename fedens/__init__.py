@@ -8,7 +8,6 @@ import os
 
 # A privacy framework phones nobody: switch Flower's telemetry off before any
 # Flower module is imported by a fedens module.
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 
 __version__ = "0.1.0"
