@@ -38,6 +38,21 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected)
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["experts.num_teachers=7"], "experts.num_teachers=7"),
+        (["partition=dirichlet"], "partition.name='dirichlet'"),
+        (["privacy.sigma2=-40"], "privacy.sigma2=-40"),
+    ],
+)
+def test_bad_pate_input_is_one_line_exit_2(tmp_path, overrides, expected):
+    result = fedens("run", "experiment=pate_mnist", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
+                    cwd=tmp_path)
+    assert result.returncode == 2 and expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_bad_input_in_a_multirun_also_exits_2(tmp_path):
     result = fedens("run", "-m", "privacy.epsilon=0", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                     cwd=tmp_path)
