@@ -19,6 +19,8 @@ Opacus computes per-sample gradients for them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -149,3 +151,12 @@ class GatedEnsemble(nn.Module):
     @staticmethod
     def expert_calls_per_query(num_experts: int, top_k: int | None = None) -> float:
         return float(num_experts if top_k is None else top_k)
+
+    def save(self, path: str | Path) -> None:
+        """Write the full state (heads and public projection) to ``path`` (torch format)."""
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> GatedEnsemble:
+        """Read a GatedEnsemble written by :meth:`save`."""
+        return cls.from_state_dict(torch.load(path, weights_only=True))

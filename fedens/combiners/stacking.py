@@ -1,0 +1,163 @@
+"""Stacking: a linear pool of temperature-scaled experts, fitted by NLL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedens.combiners.base import (
+    check_expert_outputs,
+    check_labels,
+    check_num_experts,
+    check_positive_int,
+    load_arrays,
+    register_combiner,
+    save_arrays,
+)
+from fedens.combiners.log_linear import check_fit_args, check_log_floor, floored_log
+
+
+@register_combiner("stacking")
+class StackingCombiner:
+    """``sum_k w_k softmax(log p_k / T_k)``: per-expert temperature ``T_k`` and weight ``w_k``.
+
+    Each expert is first recalibrated by its own temperature (``T > 1``
+    softens, ``T < 1`` sharpens), then the recalibrated experts are mixed with
+    simplex weights ``w = softmax(weight_logits)``. Both are fitted by
+    minimising NLL. Probabilities are floored at ``log_floor`` before the log,
+    so exact zeros stay finite. At unit temperatures this is the weighted mean
+    (up to the floor); the temperatures make it *not* return an expert's own
+    answer when all experts agree -- that is the point of calibrating.
+
+    Parameters
+    ----------
+    weight_logits, temperatures : arrays (K,), optional
+        ``None``: uniform weights / unit temperatures until :meth:`fit`.
+    log_floor : float
+        Smallest probability used inside the log, in (0, 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> P = np.array([[[0.8, 0.2], [0.5, 0.5]], [[0.1, 0.9], [0.4, 0.6]]])
+    >>> s = StackingCombiner().fit(P, np.array([0, 1]), epochs=50, lr=0.1, seed=0)
+    >>> s.combine(P).shape, s.temperatures.shape
+    ((2, 2), (2,))
+    """
+
+    def __init__(
+        self,
+        weight_logits: np.ndarray | None = None,
+        temperatures: np.ndarray | None = None,
+        log_floor: float = 1e-6,
+    ) -> None:
+        self.log_floor = check_log_floor(log_floor)
+        self.weight_logits: np.ndarray | None = None
+        self.temperatures: np.ndarray | None = None
+        if weight_logits is not None:
+            w = np.asarray(weight_logits, dtype=np.float64)
+            if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all():
+                raise ValueError(
+                    f"weight_logits must be a finite, non-empty vector (K,), got {weight_logits!r}"
+                )
+            self.weight_logits = w
+        if temperatures is not None:
+            t = np.asarray(temperatures, dtype=np.float64)
+            if t.ndim != 1 or t.size == 0 or not (np.isfinite(t) & (t > 0)).all():
+                raise ValueError(
+                    f"temperatures must be a vector (K,) of finite values > 0, got {temperatures!r}"
+                )
+            self.temperatures = t
+        if self.weight_logits is not None and self.temperatures is not None:
+            if len(self.weight_logits) != len(self.temperatures):
+                raise ValueError(
+                    f"weight_logits has {len(self.weight_logits)} experts but temperatures has "
+                    f"{len(self.temperatures)}"
+                )
+
+    @property
+    def num_experts(self) -> int | None:
+        """K once weights or temperatures are set, else ``None``."""
+        for a in (self.weight_logits, self.temperatures):
+            if a is not None:
+                return len(a)
+        return None
+
+    def _params(self, K: int) -> tuple[np.ndarray, np.ndarray]:
+        logits = np.zeros(K) if self.weight_logits is None else self.weight_logits
+        temps = np.ones(K) if self.temperatures is None else self.temperatures
+        return logits, temps
+
+    def weights(self, num_experts: int | None = None) -> np.ndarray:
+        """Expert weights on the simplex (K,)."""
+        K = self.num_experts or check_positive_int(num_experts, "num_experts")
+        logits, _ = self._params(K)
+        z = np.exp(logits - logits.max())
+        return z / z.sum()
+
+    def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
+        """Combined distribution (n, C); ``X`` is ignored."""
+        P = check_expert_outputs(P)
+        check_num_experts(self.num_experts, P, "StackingCombiner")
+        _, temps = self._params(P.shape[1])
+        scaled = floored_log(P, self.log_floor) / temps[None, :, None]
+        scaled -= scaled.max(axis=2, keepdims=True)
+        scaled = np.exp(scaled)
+        scaled /= scaled.sum(axis=2, keepdims=True)
+        return np.einsum("k,nkc->nc", self.weights(P.shape[1]), scaled)
+
+    def fit(
+        self, P: np.ndarray, y: np.ndarray, epochs: int = 200, lr: float = 0.05, seed: int = 0
+    ) -> StackingCombiner:
+        """Minimise the mean NLL of ``y`` by full-batch Adam on weight logits and log-temperatures.
+
+        Starts from the current parameters (uniform, unit temperature if unset).
+        Returns ``self``.
+        """
+        P = check_expert_outputs(P)
+        check_num_experts(self.num_experts, P, "StackingCombiner")
+        y_t = torch.as_tensor(check_labels(y, P))
+        check_fit_args(epochs, lr)
+        torch.manual_seed(seed)
+        logP = torch.as_tensor(floored_log(P, self.log_floor))
+        w0, t0 = self._params(P.shape[1])
+        logits = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+        log_t = torch.tensor(np.log(t0), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.Adam([logits, log_t], lr=lr)
+        rows = torch.arange(len(y_t))
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            log_scaled = torch.log_softmax(logP / torch.exp(log_t)[None, :, None], dim=2)
+            mix = torch.log_softmax(logits, 0)[None, :] + log_scaled[rows, :, y_t]
+            loss = -torch.logsumexp(mix, dim=1).mean()
+            loss.backward()
+            optimizer.step()
+        self.weight_logits = logits.detach().numpy().copy()
+        self.temperatures = np.exp(log_t.detach().numpy())
+        return self
+
+    def expert_calls_per_query(self, num_experts: int) -> float:
+        """Every expert is called for every query (all weights are > 0)."""
+        return float(check_positive_int(num_experts, "num_experts"))
+
+    def save(self, path: str | Path) -> None:
+        """Write weights, temperatures and floor to ``path`` (npz)."""
+        empty = np.zeros(0)
+        save_arrays(
+            path, "stacking",
+            weight_logits=empty if self.weight_logits is None else self.weight_logits,
+            temperatures=empty if self.temperatures is None else self.temperatures,
+            log_floor=np.array(self.log_floor),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> StackingCombiner:
+        """Read a combiner written by :meth:`save`."""
+        a = load_arrays(path, "stacking")
+        return cls(
+            a["weight_logits"] if a["weight_logits"].size else None,
+            a["temperatures"] if a["temperatures"].size else None,
+            float(a["log_floor"]),
+        )
