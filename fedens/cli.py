@@ -115,10 +115,12 @@ def ledger_command(args: list[str]) -> None:
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{'site':>6} {'epsilon':>9} {'budget':>8} {'left':>8} {'events':>7} {'refused':>8}  delta")
+    print(f"{'site':>6} {'epsilon':>9} {'worst case':>10} {'budget':>8} {'left':>8} {'events':>7} "
+          f"{'refused':>8}  delta")
     for site, s in report.items():
-        print(f"{site:>6} {s['epsilon']:9.3f} {s['budget']:8g} {s['remaining']:8.3f} "
-              f"{s['events']:7d} {s['refusals']:8d}  {s['delta']:g} ({s['accounting']})")
+        print(f"{site:>6} {s['epsilon']:9.3f} {s['epsilon_worst_case']:10.3f} {s['budget']:8g} "
+              f"{s['remaining']:8.3f} {s['events']:7d} {s['refusals']:8d}  "
+              f"{s['delta']:g} ({s['accounting']})")
 
 
 def main(argv: list[str] | None = None) -> None:

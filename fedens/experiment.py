@@ -246,7 +246,9 @@ def site_ledger_summaries(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str,
         ledger = PrivacyLedger.open_existing(path)
         s = ledger.summary()
         ledger.close()
-        per_site[str(site)] = {"epsilon": s["epsilon"] if s["events"] else None, "budget": s["budget"],
+        per_site[str(site)] = {"epsilon": s["epsilon"] if s["events"] else None,
+                               "epsilon_worst_case": s["epsilon_worst_case"] if s["events"] else None,
+                               "budget": s["budget"],
                                "events": s["events"], "refusals": s["refusals"],
                                "queries_refused": s["queries_refused"]}
     return per_site

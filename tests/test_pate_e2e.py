@@ -38,6 +38,10 @@ def test_pate_pipeline_charges_every_site_exactly_what_was_released(compose, tmp
         ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
         assert ledger.epsilon() == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
         assert results["privacy"]["per_site"][site]["epsilon"] == pytest.approx(ledger.epsilon())
+    worst = RdpAccountant()
+    worst.compose(dp_accounting.GaussianDpEvent(2.0), 40)
+    worst.compose(dp_accounting.GaussianDpEvent(1.5 / np.sqrt(2)), 40)
+    assert results["privacy"]["epsilon_worst_case_max"] == pytest.approx(worst.get_epsilon(1e-5), rel=1e-9)
     dd = results["privacy"]["data_dependent"]
     # the analysis minimises over its own grid of RDP orders (up to 500), the ledgers over
     # dp-accounting's default grid: the same bound, optimised over different orders
@@ -64,6 +68,7 @@ def test_sites_refuse_queries_their_budget_cannot_pay_for(compose, tmp_path):
     results = run(compose(*SHRUNK, "privacy.budget=20"), run_dir=tmp_path)
     assert results["privacy"]["queries_answered"] == 0
     assert results["privacy"]["queries_refused"] == 40
+    assert results["privacy"]["epsilon_worst_case_max"] is None
     assert results["metrics"]["test_accuracy"] is None and results["metrics"]["test_nll"] is None
     for site in ("0", "1"):
         ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")

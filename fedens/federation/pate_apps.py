@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -120,10 +121,10 @@ def charge_release(msg: Message, context: Context, settings: Mapping[str, Any]) 
                       outcome["answered"].numpy().astype(bool))
     ledger = L.open_site_ledger(s, context.node_config)
     try:
-        epsilon = ledger.charge(mechanism.event(release), mechanism=mechanism.name,
-                                round=int(config["batch"]),
-                                params={**params, "queries": len(release.labels),
-                                        "answered": release.num_answered})
+        epsilon = ledger.charge(
+            mechanism.event(release), mechanism=mechanism.name, round=int(config["batch"]),
+            params={**params, "queries": len(release.labels), "answered": release.num_answered},
+            worst_case=dp_accounting.ComposedDpEvent(mechanism.worst_case_events(len(release.labels))))
     except BudgetExceeded as refusal:  # cannot happen after check_budget, unless shared
         return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
     finally:

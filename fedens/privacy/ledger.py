@@ -5,6 +5,15 @@ own serialisable form (``DpEvent.to_named_tuple()``), so anyone can recompute
 the site's epsilon from the file with dp-accounting alone. The budget is
 checked inside the same transaction that records the event: a release that
 would exceed it is refused and the refusal recorded instead.
+
+Each release is stored twice: what it spent (``event``: a Confident-GNMax
+query that abstained costs only its threshold check, as in Papernot et al.
+2018) and what it could have spent at most (``worst_case``: every query
+answered). The worst case depends only on public parameters (the mechanism
+and the number of queries), so the budget guards the composition of worst
+cases: that bound holds without any argument about adaptively chosen costs.
+The realised epsilon is reported beside it as the tighter, Papernot-style
+figure.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
-    mechanism TEXT NOT NULL, params TEXT NOT NULL, event TEXT NOT NULL);
+    mechanism TEXT NOT NULL, params TEXT NOT NULL, event TEXT NOT NULL,
+    worst_case TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
     mechanism TEXT NOT NULL, epsilon_if_released REAL NOT NULL,
@@ -121,7 +131,13 @@ class PrivacyLedger:
         return _Transaction(self._db)
 
     def events(self) -> list[dp_accounting.DpEvent]:
+        """What each release spent (an abstaining Confident-GNMax query: its check only)."""
         rows = self._db.execute("SELECT event FROM events ORDER BY id").fetchall()
+        return [event_from_json(text) for (text,) in rows]
+
+    def worst_case_events(self) -> list[dp_accounting.DpEvent]:
+        """What each release could have spent at most, fixed by public parameters alone."""
+        rows = self._db.execute("SELECT worst_case FROM events ORDER BY id").fetchall()
         return [event_from_json(text) for (text,) in rows]
 
     def records(self) -> list[dict[str, Any]]:
@@ -135,9 +151,18 @@ class PrivacyLedger:
         ]
 
     def epsilon(self) -> float:
-        """Epsilon spent so far at the ledger's delta (0.0 when nothing was released)."""
+        """Epsilon spent so far at the ledger's delta, from what each release spent
+        (0.0 when nothing was released)."""
         events = self.events()
         return epsilon_from_events(events, self.delta) if events else 0.0
+
+    def epsilon_worst_case(self) -> float:
+        """Epsilon of the releases' worst cases: the quantity the budget guards."""
+        events = self.worst_case_events()
+        return epsilon_from_events(events, self.delta) if events else 0.0
+
+    def _would_reach(self, worst_case: list[dp_accounting.DpEvent]) -> float:
+        return epsilon_from_events([*self.worst_case_events(), *worst_case], self.delta)
 
     def refusals(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM refusals").fetchone()[0])
@@ -156,11 +181,13 @@ class PrivacyLedger:
             f"> budget {self.budget_epsilon:g} at delta={self.delta:g}; refused"
         )
 
-    def _record(self, event: dp_accounting.DpEvent, mechanism: str, round: int | None,
-                params: dict[str, Any] | None) -> None:
+    def _record(self, event: dp_accounting.DpEvent, worst_case: dp_accounting.DpEvent, mechanism: str,
+                round: int | None, params: dict[str, Any] | None) -> None:
         self._db.execute(
-            "INSERT INTO events (time, round, mechanism, params, event) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), round, mechanism, json.dumps(params or {}), event_to_json(event)),
+            "INSERT INTO events (time, round, mechanism, params, event, worst_case) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), round, mechanism, json.dumps(params or {}), event_to_json(event),
+             event_to_json(worst_case)),
         )
 
     def check_budget(
@@ -180,7 +207,7 @@ class PrivacyLedger:
         """
         refusal = None
         with self._transaction():
-            eps = epsilon_from_events([*self.events(), *worst_case], self.delta)
+            eps = self._would_reach(worst_case)
             if eps > self.budget_epsilon:
                 refusal = self._refuse(mechanism, round, eps, queries)
         if refusal is not None:
@@ -209,17 +236,17 @@ class PrivacyLedger:
             and its number of queries are recorded.
         """
         num_queries = len(inputs)
+        worst_case = mechanism.worst_case_events(num_queries)
         refusal = None
         with self._transaction():
-            worst = epsilon_from_events([*self.events(), *mechanism.worst_case_events(num_queries)],
-                                        self.delta)
+            worst = self._would_reach(worst_case)
             if worst > self.budget_epsilon:
                 refusal = self._refuse(mechanism.name, round, worst, num_queries)
             else:
                 released = mechanism.release(inputs, rng)
-                self._record(mechanism.event(released), mechanism.name, round,
-                             {**mechanism.params(), "queries": num_queries,
-                              "answered": released.num_answered})
+                self._record(mechanism.event(released), dp_accounting.ComposedDpEvent(worst_case),
+                             mechanism.name, round, {**mechanism.params(), "queries": num_queries,
+                                                     "answered": released.num_answered})
         if refusal is not None:
             raise refusal
         return released
@@ -231,33 +258,37 @@ class PrivacyLedger:
         mechanism: str,
         round: int | None = None,
         params: dict[str, Any] | None = None,
+        worst_case: dp_accounting.DpEvent | None = None,
     ) -> float:
-        """Record ``event`` if the budget allows it; return the new epsilon.
+        """Record ``event`` (with its ``worst_case``, default ``event`` itself) if the
+        budget allows the worst case; return the epsilon spent after it.
 
         Raises
         ------
         BudgetExceeded
-            if the release would exceed the budget; the refusal is recorded and
+            if the worst case would exceed the budget; the refusal is recorded and
             no event is.
         """
+        worst_case = event if worst_case is None else worst_case
         refusal = None
         with self._transaction():
-            eps = epsilon_from_events([*self.events(), event], self.delta)
-            if eps > self.budget_epsilon:
-                refusal = self._refuse(mechanism, round, eps)
+            worst = self._would_reach([worst_case])
+            if worst > self.budget_epsilon:
+                refusal = self._refuse(mechanism, round, worst)
             else:
-                self._record(event, mechanism, round, params)
+                self._record(event, worst_case, mechanism, round, params)
         if refusal is not None:
             raise refusal
-        return eps
+        return self.epsilon()
 
     def summary(self) -> dict[str, Any]:
-        eps = self.epsilon()
+        worst = self.epsilon_worst_case()
         return {
             "site": self.site,
-            "epsilon": eps,
+            "epsilon": self.epsilon(),
+            "epsilon_worst_case": worst,
             "budget": self.budget_epsilon,
-            "remaining": self.budget_epsilon - eps,
+            "remaining": self.budget_epsilon - worst,
             "delta": self.delta,
             "events": len(self.events()),
             "refusals": self.refusals(),

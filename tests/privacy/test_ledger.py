@@ -94,3 +94,28 @@ def test_a_release_that_fails_records_nothing(tmp_path):
     with pytest.raises(ValueError):
         ledger.release(GNMax(sigma=1.0), np.array([[1.0, np.nan]]), np.random.default_rng(0))
     assert ledger.events() == [] and ledger.refusals() == 0
+
+
+def test_budget_guards_the_worst_case_and_both_epsilons_are_kept(tmp_path):
+    import dp_accounting
+    import numpy as np
+
+    from fedens.privacy import ConfidentGNMax
+
+    mech = ConfidentGNMax(threshold=1000, sigma1=20.0, sigma2=10.0)  # flat votes: never answers
+    votes = np.full((4, 3), 3)
+    one_batch_worst = epsilon_from_events(mech.worst_case_events(4), 1e-5)
+    two_batches_worst = epsilon_from_events(mech.worst_case_events(8), 1e-5)
+    two_batches_real = epsilon_from_events(mech.worst_case_events(8)[:1], 1e-5)  # checks only
+    assert two_batches_real < one_batch_worst < two_batches_worst
+    budget = (one_batch_worst + two_batches_worst) / 2
+    ledger = PrivacyLedger(tmp_path / "s.sqlite", site="0", budget_epsilon=budget, delta=1e-5)
+    first = ledger.release(mech, votes, np.random.default_rng(0), round=1)
+    assert first.num_answered == 0
+    assert ledger.epsilon() < ledger.epsilon_worst_case() == pytest.approx(one_batch_worst)
+    # what was spent (checks only) would leave room for a second batch; its worst case does not
+    with pytest.raises(BudgetExceeded):
+        ledger.release(mech, votes, np.random.default_rng(1), round=2)
+    assert ledger.worst_case_events() == [dp_accounting.ComposedDpEvent(mech.worst_case_events(4))]
+    summary = ledger.summary()
+    assert summary["remaining"] == pytest.approx(summary["budget"] - one_batch_worst)
