@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,33 @@ def check_fit_args(epochs: int, lr: float) -> None:
     check_positive_int(epochs, "epochs")
     if not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+
+
+def check_vector(values: np.ndarray | None, name: str, positive: bool = False) -> np.ndarray | None:
+    """``values`` as a finite, non-empty float64 vector (K,) (> 0 if ``positive``), or None."""
+    if values is None:
+        return None
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all() or (positive and (v <= 0).any()):
+        kind = "finite values > 0" if positive else "finite values"
+        raise ValueError(f"{name} must be a non-empty vector (K,) of {kind}, got {values!r}")
+    return v
+
+
+def softmax_weights(logits: np.ndarray) -> np.ndarray:
+    """Weights on the simplex from logits."""
+    z = np.exp(logits - logits.max())
+    return z / z.sum()
+
+
+def minimise(params: list[torch.Tensor], loss: Callable[[], torch.Tensor], epochs: int, lr: float) -> None:
+    """Full-batch Adam on ``loss()`` for ``epochs`` steps (the learned pools' fit)."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
 
 
 def floored_log(P: np.ndarray, log_floor: float) -> np.ndarray:
@@ -68,14 +96,7 @@ class LogLinearPool:
 
     def __init__(self, weight_logits: np.ndarray | None = None, log_floor: float = 1e-6) -> None:
         self.log_floor = check_log_floor(log_floor)
-        self.weight_logits: np.ndarray | None = None
-        if weight_logits is not None:
-            logits = np.asarray(weight_logits, dtype=np.float64)
-            if logits.ndim != 1 or logits.size == 0 or not np.isfinite(logits).all():
-                raise ValueError(
-                    f"weight_logits must be a finite, non-empty vector (K,), got {weight_logits!r}"
-                )
-            self.weight_logits = logits
+        self.weight_logits = check_vector(weight_logits, "weight_logits")
 
     @property
     def num_experts(self) -> int | None:
@@ -87,8 +108,7 @@ class LogLinearPool:
         if self.weight_logits is None:
             K = check_positive_int(num_experts, "num_experts")
             return np.full(K, 1.0 / K)
-        z = np.exp(self.weight_logits - self.weight_logits.max())
-        return z / z.sum()
+        return softmax_weights(self.weight_logits)
 
     def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
         """Combined distribution (n, C); ``X`` is ignored."""
@@ -115,13 +135,8 @@ class LogLinearPool:
         logP = torch.as_tensor(floored_log(P, self.log_floor))
         start = np.zeros(P.shape[1]) if self.weight_logits is None else self.weight_logits
         logits = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.Adam([logits], lr=lr)
-        for _ in range(epochs):
-            optimizer.zero_grad()
-            scores = torch.einsum("k,nkc->nc", torch.softmax(logits, 0), logP)
-            loss = torch.nn.functional.cross_entropy(scores, y_t)
-            loss.backward()
-            optimizer.step()
+        minimise([logits], lambda: torch.nn.functional.cross_entropy(
+            torch.einsum("k,nkc->nc", torch.softmax(logits, 0), logP), y_t), epochs, lr)
         self.weight_logits = logits.detach().numpy().copy()
         return self
 

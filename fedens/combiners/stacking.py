@@ -16,7 +16,14 @@ from fedens.combiners.base import (
     register_combiner,
     save_arrays,
 )
-from fedens.combiners.log_linear import check_fit_args, check_log_floor, floored_log
+from fedens.combiners.log_linear import (
+    check_fit_args,
+    check_log_floor,
+    check_vector,
+    floored_log,
+    minimise,
+    softmax_weights,
+)
 
 
 @register_combiner("stacking")
@@ -54,22 +61,8 @@ class StackingCombiner:
         log_floor: float = 1e-6,
     ) -> None:
         self.log_floor = check_log_floor(log_floor)
-        self.weight_logits: np.ndarray | None = None
-        self.temperatures: np.ndarray | None = None
-        if weight_logits is not None:
-            w = np.asarray(weight_logits, dtype=np.float64)
-            if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all():
-                raise ValueError(
-                    f"weight_logits must be a finite, non-empty vector (K,), got {weight_logits!r}"
-                )
-            self.weight_logits = w
-        if temperatures is not None:
-            t = np.asarray(temperatures, dtype=np.float64)
-            if t.ndim != 1 or t.size == 0 or not (np.isfinite(t) & (t > 0)).all():
-                raise ValueError(
-                    f"temperatures must be a vector (K,) of finite values > 0, got {temperatures!r}"
-                )
-            self.temperatures = t
+        self.weight_logits = check_vector(weight_logits, "weight_logits")
+        self.temperatures = check_vector(temperatures, "temperatures", positive=True)
         if self.weight_logits is not None and self.temperatures is not None:
             if len(self.weight_logits) != len(self.temperatures):
                 raise ValueError(
@@ -93,9 +86,7 @@ class StackingCombiner:
     def weights(self, num_experts: int | None = None) -> np.ndarray:
         """Expert weights on the simplex (K,)."""
         K = self.num_experts or check_positive_int(num_experts, "num_experts")
-        logits, _ = self._params(K)
-        z = np.exp(logits - logits.max())
-        return z / z.sum()
+        return softmax_weights(self._params(K)[0])
 
     def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
         """Combined distribution (n, C); ``X`` is ignored."""
@@ -125,15 +116,14 @@ class StackingCombiner:
         w0, t0 = self._params(P.shape[1])
         logits = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
         log_t = torch.tensor(np.log(t0), dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.Adam([logits, log_t], lr=lr)
         rows = torch.arange(len(y_t))
-        for _ in range(epochs):
-            optimizer.zero_grad()
+
+        def nll() -> torch.Tensor:
             log_scaled = torch.log_softmax(logP / torch.exp(log_t)[None, :, None], dim=2)
             mix = torch.log_softmax(logits, 0)[None, :] + log_scaled[rows, :, y_t]
-            loss = -torch.logsumexp(mix, dim=1).mean()
-            loss.backward()
-            optimizer.step()
+            return -torch.logsumexp(mix, dim=1).mean()
+
+        minimise([logits, log_t], nll, epochs, lr)
         self.weight_logits = logits.detach().numpy().copy()
         self.temperatures = np.exp(log_t.detach().numpy())
         return self
