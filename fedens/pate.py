@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from fedens.data.mnist import load_mnist
+from fedens.data.partition import dirichlet_partition
 from fedens.experiment import (
     SCHEMA_VERSION,
     check,
@@ -49,10 +50,11 @@ ANCHORS = {
 def validate_pate(cfg: DictConfig) -> None:
     check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
     check(cfg, "data.name", lambda v: v == "mnist", "'mnist' (the PATE pipeline reads MNIST)")
-    check(cfg, "partition.name", lambda v: v == "iid", "'iid' (skewed sites are not wired into PATE yet)")
-    check(cfg, "experts.num_teachers",
-          lambda v: is_int(v) and v >= cfg.federation.num_sites and v % cfg.federation.num_sites == 0,
-          f"a multiple of federation.num_sites={cfg.federation.num_sites}")
+    check(cfg, "partition.name", lambda v: v in ("iid", "dirichlet"), "'iid' or 'dirichlet'")
+    if cfg.partition.name == "dirichlet":
+        check(cfg, "partition.alpha", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "experts.num_teachers", lambda v: is_int(v) and v >= cfg.federation.num_sites,
+          f"an integer >= federation.num_sites={cfg.federation.num_sites} (one teacher per site at least)")
     check(cfg, "privacy.mechanism", lambda v: v in MECHANISMS and v in ("confident_gnmax", "gnmax"),
           "'confident_gnmax' or 'gnmax'")
     for key in ("privacy.sigma1", "privacy.sigma2", "privacy.threshold"):
@@ -73,10 +75,35 @@ def _mechanism_params(cfg: DictConfig) -> dict[str, float]:
     return {"threshold": float(p.threshold), "sigma1": float(p.sigma1), "sigma2": float(p.sigma2)}
 
 
+def teachers_per_site(site_sizes: list[int], num_teachers: int) -> list[int]:
+    """Teachers at each site, proportional to its records (largest remainders), at least 1.
+
+    Equal sites get equal shares; with skewed sites a record still lands in exactly
+    one teacher's shard, so one record still changes at most one vote.
+    """
+    sizes = np.asarray(site_sizes, dtype=float)
+    if num_teachers < len(sizes):
+        raise ValueError(f"{num_teachers} teachers cannot cover {len(sizes)} sites (one each at least)")
+    exact = (num_teachers - len(sizes)) * sizes / sizes.sum()
+    counts = 1 + np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - np.floor(exact)))[: num_teachers - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def _partition(cfg: DictConfig, y_train: np.ndarray) -> list[np.ndarray]:
+    """The private training images of each site: equal shuffled shares, or Dirichlet label skew."""
+    if cfg.partition.name == "dirichlet":
+        return dirichlet_partition(y_train, cfg.federation.num_sites, cfg.partition.alpha, cfg.seed,
+                                   cfg.partition.min_partition_size)
+    rng = np.random.default_rng(cfg.seed)
+    return np.array_split(rng.permutation(len(y_train)), cfg.federation.num_sites)
+
+
 def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     X_train, y_train, X_test, y_test = load_mnist()
-    rng = np.random.default_rng(cfg.seed)
-    for site, records in enumerate(np.array_split(rng.permutation(len(y_train)), cfg.federation.num_sites)):
+    sites = _partition(cfg, y_train)
+    for site, records in enumerate(sites):
         folder = L.site_dir(run_dir, site)  # in simulation, stands for the site's own disk
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "data.npz", X=(X_train[records] * 255).round().astype(np.uint8),
@@ -86,16 +113,17 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
     pool_file(run_dir / "coordinator" / "pool.npz", pool)
     return {"X_train": X_train, "y_train": y_train, "pool": pool, "pool_labels": pool_labels,
-            "test": test, "test_labels": test_labels}
+            "test": test, "test_labels": test_labels,
+            "teachers": teachers_per_site([len(r) for r in sites], cfg.experts.num_teachers)}
 
 
-def _settings(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _settings(cfg: DictConfig, run_dir: Path, teachers: list[int]) -> dict[str, Any]:
     e = cfg.experts
     return {
         L.RUN_DIR: str(run_dir), L.SEED: cfg.seed, L.DELTA: float(cfg.privacy.delta),
         L.BUDGET_EPSILON: float(cfg.privacy.budget), L.MIN_SITES: cfg.federation.min_sites,
         L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
-        L.TEACHERS_PER_SITE: e.num_teachers // cfg.federation.num_sites,
+        L.TEACHERS_PER_SITE: json.dumps(teachers),
         L.TEACHER_STEPS: e.steps, L.TEACHER_BATCH: e.batch_size, L.TEACHER_LR: float(e.lr),
         L.TEACHER_CHANNELS: ",".join(str(c) for c in e.channels),
         L.TEACHER_CACHE_DIR: str(Path(e.cache_dir).resolve()) if e.cache_dir else "",
@@ -116,8 +144,9 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.monotonic()
     data = _prepare(cfg, run_dir)
     console.print(f"data  mnist: {len(data['y_train'])} private images over {cfg.federation.num_sites} "
-                  f"sites, query pool {len(data['pool'])}, student test {len(data['test'])}")
-    settings = _settings(cfg, run_dir)
+                  f"sites ({cfg.partition.name}; teachers per site {data['teachers']}), "
+                  f"query pool {len(data['pool'])}, student test {len(data['test'])}")
+    settings = _settings(cfg, run_dir, data["teachers"])
     console.print(f"federation  Flower simulation: {cfg.experts.num_teachers} teachers, "
                   f"{cfg.privacy.num_queries} queries, {cfg.privacy.mechanism} {_mechanism_params(cfg)}")
     run_in_simulation(make_pate_server_app(settings, console.print), make_pate_client_app(settings),
@@ -160,7 +189,9 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results = {
         "schema": SCHEMA_VERSION, "experiment": cfg.name, "seed": cfg.seed,
         "data": {"name": "mnist", "num_sites": cfg.federation.num_sites, "num_classes": 10,
-                 "partition": cfg.partition.name, "num_teachers": outcome["teachers"],
+                 "partition": cfg.partition.name if cfg.partition.name == "iid"
+                 else f"dirichlet({cfg.partition.alpha:g})",
+                 "num_teachers": outcome["teachers"], "teachers_per_site": data["teachers"],
                  "sites_that_trained_teachers": outcome["sites_that_trained_teachers"]},
         "metrics": {"test_accuracy": student_accuracy, "test_nll": student_nll,
                     "answered_label_accuracy": label_accuracy,

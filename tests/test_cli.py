@@ -42,7 +42,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected)
     "overrides, expected",
     [
         (["experts.num_teachers=7"], "experts.num_teachers=7"),
-        (["partition=dirichlet"], "partition.name='dirichlet'"),
+        (["partition=dirichlet", "partition.alpha=-1"], "partition.alpha=-1"),
         (["privacy.sigma2=-40"], "privacy.sigma2=-40"),
     ],
 )

@@ -73,3 +73,25 @@ def test_sites_refuse_queries_their_budget_cannot_pay_for(compose, tmp_path):
     for site in ("0", "1"):
         ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
         assert ledger.events() == [] and ledger.queries_refused() == 40
+
+
+@pytest.mark.parametrize("sizes, total", [([6000] * 10, 250), ([100, 900], 10), ([5, 50000, 9995], 250)])
+def test_teachers_are_spread_in_proportion_to_site_sizes(sizes, total):
+    from fedens.pate import teachers_per_site
+
+    counts = teachers_per_site(sizes, total)
+    assert sum(counts) == total and min(counts) >= 1
+    shares = np.array(counts) / total
+    assert np.abs(shares - np.array(sizes) / sum(sizes)).max() <= len(sizes) / total
+
+
+@pytest.mark.slow
+def test_pate_with_label_skewed_sites(compose, tmp_path):
+    results = run(compose(*SHRUNK, "privacy.budget=100", "partition=dirichlet", "partition.alpha=0.3"),
+                  run_dir=tmp_path)
+    per_site = results["data"]["teachers_per_site"]
+    assert sum(per_site) == 10 and results["data"]["partition"] == "dirichlet(0.3)"
+    sizes = [len(np.load(tmp_path / "sites" / f"site_{i}" / "data.npz")["y"]) for i in range(2)]
+    assert sum(sizes) == 60000
+    assert (per_site[0] > per_site[1]) == (sizes[0] > sizes[1]) or per_site[0] == per_site[1]
+    assert results["privacy"]["queries_answered"] > 0

@@ -37,7 +37,7 @@ SITE_DP_CLIP = "site-dp-clipping-norm"
 SITE_DP_COUNT_STDDEV = "site-dp-clipped-count-stddev"  # <= 0: Flower's default, sites / 20
 
 # PATE run settings.
-TEACHERS_PER_SITE = "teachers-per-site"
+TEACHERS_PER_SITE = "teachers-per-site"  # JSON list: site i trains entry i
 TEACHER_STEPS = "teacher-steps"
 TEACHER_BATCH = "teacher-batch-size"
 TEACHER_LR = "teacher-lr"

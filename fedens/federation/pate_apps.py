@@ -52,7 +52,7 @@ def _teacher_config(s: Mapping[str, Any]) -> TeacherConfig:
 def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, TeacherCNNs, bool]:
     """The site's teachers, trained on disjoint shards of its data or loaded from its cache."""
     site, data_path, _ = L.site_paths(s, node_config)
-    num_teachers, config = int(s[L.TEACHERS_PER_SITE]), _teacher_config(s)
+    num_teachers, config = int(json.loads(str(s[L.TEACHERS_PER_SITE]))[site]), _teacher_config(s)
     seed = int(s[L.SEED]) * 1000 + site
     shared = str(s.get(L.TEACHER_CACHE_DIR) or "")
     cache = (Path(shared) / f"site_{site}" if shared else data_path.parent) / "teachers.pt"
