@@ -51,7 +51,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     """One round of local DP-SGD at one site."""
     torch.set_num_threads(1)
     s = L.merged(settings, context.run_config)
-    site, data_path, ledger_path = L.site_paths(s, context.node_config)
+    site, data_path, _ = L.site_paths(s, context.node_config)
     if not L.contributes(context.node_config):
         return Message(Error(code=L.OPTED_OUT, reason=L.opted_out_reason(site)), reply_to=msg)
     server_round = int(msg.content["config"]["server-round"])
