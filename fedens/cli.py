@@ -1,7 +1,8 @@
 """The ``fedens`` command.
 
 ``fedens run [hydra overrides]`` runs an experiment (a Hydra app: ``key=value``,
-``-m`` for multirun, ``--cfg job`` ...); ``fedens ledger RUN_DIR [--json]``
+``-m`` for multirun, ``--cfg job`` ...); ``fedens run resume=RUN_DIR`` continues
+a run from its last checkpointed round; ``fedens ledger RUN_DIR [--json]``
 prints what each site spent. Bad input: one line on stderr, exit code 2.
 """
 
@@ -15,6 +16,7 @@ from typing import NoReturn
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE = """usage: fedens run [KEY=VALUE ...] [-m] [hydra flags]
+       fedens run resume=RUN_DIR
        fedens ledger RUN_DIR [--json]
 
   run     run an experiment (default: experiment=quickstart); a Hydra app
@@ -80,8 +82,31 @@ def _hydra_task(cfg) -> None:  # type: ignore[no-untyped-def]
         fail(str(error))
 
 
+def resume_command(run_dir: str, others: list[str]) -> None:
+    """``fedens run resume=RUN_DIR``: continue that run with its own saved config."""
+    from omegaconf import OmegaConf
+
+    from fedens.experiment import ConfigError, run
+
+    if others:
+        fail(f"resume takes no other overrides (got {' '.join(others)}): the run continues with the "
+             "config saved in its .hydra/config.yaml")
+    saved = Path(run_dir) / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        fail(f"resume={run_dir}: no {saved}; expected a fedens run directory")
+    try:
+        run(OmegaConf.load(saved), run_dir=run_dir, resume=True)
+    except ConfigError as error:
+        fail(str(error))
+
+
 def run_command(args: list[str]) -> None:
     import hydra
+
+    resume = [a for a in args if a.startswith("resume=")]
+    if resume and resume[0] != "resume=null":
+        resume_command(resume[0].split("=", 1)[1], [a for a in args if a not in resume])
+        return
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     informational = any(a.startswith("--cfg") or a in ("-c", "--help", "-h", "--info", "-i")

@@ -28,9 +28,11 @@ from fedens.data.partition import dirichlet_partition
 from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.federation import layout as L
 from fedens.federation import site_dp
+from fedens.federation.checkpoint import checkpoint_path
 from fedens.federation.client_app import make_client_app
 from fedens.federation.server_app import evaluate_combiner, make_server_app
 from fedens.federation.simulation import run_in_simulation
+from fedens.federation.strategies import STRATEGIES, check_strategy
 from fedens.privacy import PrivacyLedger
 
 SCHEMA_VERSION = 1
@@ -79,9 +81,39 @@ def validate(cfg: DictConfig) -> None:
         validate_gated_ensemble(cfg)
 
 
+def strategy_params(cfg: DictConfig) -> dict[str, Any]:
+    params = cfg.federation.strategy.params
+    return {} if params is None else dict(OmegaConf.to_container(params))
+
+
+def validate_strategy(cfg: DictConfig) -> None:
+    """The strategy is one of Flower's, with parameters it takes; faults parse."""
+    check(cfg, "federation.strategy.name", lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}")
+    params = strategy_params(cfg)
+    try:
+        check_strategy(cfg.federation.strategy.name, params)
+    except ValueError as error:
+        raise ConfigError(f"invalid federation.strategy.params: {error}") from error
+    try:
+        faults = L.parse_faults(cfg.federation.inject_faults or "")
+    except ValueError as error:
+        raise ConfigError(f"invalid federation.inject_faults: {error}") from error
+    for site, server_round, _ in faults:
+        check(cfg, "federation.inject_faults",
+              lambda v, site=site, r=server_round: site < cfg.federation.num_sites
+              and 1 <= r <= cfg.federation.num_rounds,
+              f"sites in [0, {cfg.federation.num_sites - 1}] and rounds in "
+              f"[1, {cfg.federation.num_rounds}]")
+
+
 def validate_gated_ensemble(cfg: DictConfig) -> None:
     check(cfg, "federation.num_rounds", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check(cfg, "federation.fraction_train", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
+    check(cfg, "federation.round_timeout", lambda v: is_num(v) and v > 0, "a number of seconds > 0")
+    check(cfg, "federation.min_replies", lambda v: is_int(v) and 1 <= v <= cfg.federation.num_sites,
+          f"an integer in [1, federation.num_sites={cfg.federation.num_sites}]")
+    check(cfg, "federation.checkpoint_every", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    validate_strategy(cfg)
     check(cfg, "partition.alpha", lambda v: is_num(v) and v > 0, "a number > 0")
     check(cfg, "privacy.epsilon", lambda v: is_num(v) and v > 0, "a number > 0")
     check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
@@ -183,8 +215,9 @@ def _baselines(
     return baselines
 
 
-def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    settings = {
+def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """The apps' settings (run_config keys) for this experiment."""
+    return {
         L.RUN_DIR: str(run_dir),
         L.EXPERTS_PATH: str(run_dir / "experts.pkl"),
         L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
@@ -199,6 +232,7 @@ def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         L.MAX_GRAD_NORM: float(cfg.privacy.max_grad_norm),
         L.FRACTION_TRAIN: float(cfg.federation.fraction_train),
         L.MIN_SITES: cfg.federation.min_sites,
+        L.MIN_REPLIES: cfg.federation.min_replies,
         L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
         L.TOP_K: cfg.combiner.top_k,
         L.SEED: cfg.seed,
@@ -206,7 +240,17 @@ def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         L.SITE_DP_NOISE: float(cfg.privacy.site_level.noise_multiplier),
         L.SITE_DP_CLIP: float(cfg.privacy.site_level.clipping_norm),
         L.SITE_DP_COUNT_STDDEV: float(cfg.privacy.site_level.clipped_count_stddev or 0.0),
+        L.STRATEGY: cfg.federation.strategy.name,
+        L.STRATEGY_PARAMS: json.dumps(strategy_params(cfg)),
+        L.CHECKPOINT_EVERY: cfg.federation.checkpoint_every,
+        L.RESUME: resume,
+        L.INJECT_FAULTS: cfg.federation.inject_faults or "",
     }
+
+
+def _federate(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    strategy = cfg.federation.strategy
+    settings = federation_settings(cfg, run_dir, resume)
 
     def progress(row: dict[str, Any]) -> None:
         if row["round"] == 0:
@@ -219,15 +263,26 @@ def _federate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"weights {row['weights_accuracy']:.3f}  sites {row['sites_reporting']}  "
             f"ε_max {row['epsilon_max']:.2f}  [{row['elapsed_s']:.0f} s]"
         )
+        for f in row["failures"]:
+            who = f"site {f['site']}" if f["site"] is not None else f"node {f['node']}"
+            console.print(f"          {who} failed ({f['kind']}): {f['reason']}")
 
+    backend = cfg.federation.get("backend", "simulation")
     console.print(
-        f"federation  Flower simulation: {cfg.federation.num_sites} sites, "
-        f"{cfg.federation.num_rounds} FedAvg rounds, DP-SGD target ε={cfg.privacy.epsilon:g} "
-        f"at δ={cfg.privacy.delta:g} per site"
+        f"federation  Flower {backend}: {cfg.federation.num_sites} sites, "
+        f"{cfg.federation.num_rounds} {strategy.name} rounds, DP-SGD target ε={cfg.privacy.epsilon:g} "
+        f"at δ={cfg.privacy.delta:g} per site" + (f"; resuming {run_dir}" if resume else "")
     )
-    run_in_simulation(make_server_app(settings, progress), make_client_app(settings),
-                      cfg.federation.num_sites, num_cpus=cfg.federation.num_cpus,
-                      verbose=cfg.federation.verbose)
+    if backend == "deployment":  # the same apps, shipped by `flwr run` to a running SuperLink
+        from fedens.federation.deployment import run_in_deployment
+
+        run_in_deployment(settings, superlink=cfg.federation.superlink, app_dir=cfg.federation.app_dir,
+                          timeout=float(cfg.federation.run_timeout), verbose=cfg.federation.verbose,
+                          echo=lambda line: console.print(line, markup=False))
+    else:
+        run_in_simulation(make_server_app(settings, progress), make_client_app(settings),
+                          cfg.federation.num_sites, num_cpus=cfg.federation.num_cpus,
+                          verbose=cfg.federation.verbose)
     out = L.federation_dir(run_dir)
     if not (out / "rounds.json").is_file():
         raise RuntimeError(f"the federation ended without writing {out / 'rounds.json'}")
@@ -344,12 +399,19 @@ def _print_table(results: dict[str, Any], top_k: int) -> None:
     console.print(sites)
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Run one experiment and write its report; returns the results.json content.
 
-    ``run_dir`` defaults to Hydra's run directory.
+    ``run_dir`` defaults to Hydra's run directory. ``resume``: continue the run in
+    ``run_dir`` from its last checkpointed round (its files are rebuilt from the
+    seed; the sites' ledgers are kept and not charged twice).
     """
     validate(cfg)
+    if resume and cfg.kind != "gated_ensemble":
+        raise ConfigError(f"resume is not supported for kind={cfg.kind!r}: expected gated_ensemble")
+    if resume and not checkpoint_path(run_dir).is_file():
+        raise ConfigError(f"cannot resume {run_dir}: no checkpoint at {checkpoint_path(run_dir)} "
+                          "(the run has not completed a round)")
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
@@ -372,7 +434,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         f"uniform mean {baselines['uniform_mean_accuracy']:.3f}, central non-private router "
         f"{baselines['central_nonprivate_router_accuracy']:.3f}"
     )
-    rounds = _federate(cfg, run_dir)
+    rounds = _federate(cfg, run_dir, resume=resume)
     final = rounds["rounds"][-1]
     K = len(experts)
     results = {
@@ -403,6 +465,16 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             **_privacy_report(cfg, run_dir, rounds),
             "queries_answered": len(task.test),
             "queries_refused": 0,
+        },
+        "federation": {
+            "strategy": rounds["strategy"],
+            "strategy_params": strategy_params(cfg),
+            "fraction_train": cfg.federation.fraction_train,
+            "min_sites": cfg.federation.min_sites,
+            "min_replies": cfg.federation.min_replies,
+            "failures_per_round": {r: len(f) for r, f in rounds["failures"].items()},
+            "failures": {r: f for r, f in rounds["failures"].items() if f},
+            "resumed": resume,
         },
         "timing": {"wall_s": time.monotonic() - started, "rounds": cfg.federation.num_rounds},
     }

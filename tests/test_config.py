@@ -47,7 +47,13 @@ def test_defaults_are_the_quickstart(compose):
      ("combiner.lr=0", "combiner.lr"),
      ("federation.num_rounds=1.5", "federation.num_rounds"),
      ("privacy.site_level.mode=local", "privacy.site_level.mode"),
-     ("privacy.site_level.mode=server_adaptive", "privacy.site_level.clipped_count_stddev")],
+     ("privacy.site_level.mode=server_adaptive", "privacy.site_level.clipped_count_stddev"),
+     ("federation.strategy.name=FedFoo", "federation.strategy.name"),
+     ("+federation.strategy.params.mu=1", "federation.strategy.params"),
+     ("federation.inject_faults=3:x:raise", "federation.inject_faults"),
+     ("federation.inject_faults=10:1:hang", "federation.inject_faults"),
+     ("federation.min_replies=0", "federation.min_replies"),
+     ("federation.round_timeout=0", "federation.round_timeout")],
 )
 def test_validation_names_the_key(compose, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

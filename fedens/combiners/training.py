@@ -6,6 +6,8 @@ optimizer and data loader already wrapped by Opacus (``fedens.privacy``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -27,8 +29,12 @@ def run_epochs(
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
     epochs: int,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[int, float]:
-    """Train ``module.loss`` for ``epochs`` passes; returns (steps, mean loss)."""
+    """Train ``module.loss`` for ``epochs`` passes; returns (steps, mean loss).
+
+    ``after_step`` runs after every optimizer step (e.g. FedProx's proximal pull).
+    """
     loss_fn = module._module.loss if hasattr(module, "_module") else module.loss
     steps, total = 0, 0.0
     module.train()
@@ -40,6 +46,8 @@ def run_epochs(
                 loss.backward()
                 total += loss.item()
             optimizer.step()  # Opacus' DPOptimizer also noises empty Poisson batches
+            if after_step is not None:
+                after_step()
             steps += 1
     return steps, total / max(steps, 1)
 
@@ -63,4 +71,35 @@ def train_gated_ensemble(
     torch.manual_seed(seed)
     loader = DataLoader(combiner_dataset(X, P, y), batch_size=batch_size, shuffle=True)
     run_epochs(module, make_optimizer(module, lr), loader, epochs)
+    return module
+
+
+def pretrain_router(
+    module: GatedEnsemble,
+    X_public: np.ndarray,
+    P_public: np.ndarray,
+    y_public: np.ndarray,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> GatedEnsemble:
+    """Train only the router head on *public* data, before private (DP) fine-tuning.
+
+    The global-weights head stays as it was (zero: uniform). Public data costs no
+    privacy, and a router that already ranks the experts survives DP-SGD's noise:
+    in the quickstart this is what keeps top-k routing near the dense router.
+    Expert outputs on the public split are in-sample for experts trained on it
+    (optimistic for k-NN and trees); the private fine-tuning corrects for that.
+    """
+    frozen = [p for p in module.weights.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        torch.manual_seed(seed)
+        loader = DataLoader(combiner_dataset(X_public, P_public, y_public), batch_size=batch_size, shuffle=True)
+        run_epochs(module, torch.optim.Adam(module.router.parameters(), lr=lr), loader, epochs)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return module

@@ -7,8 +7,10 @@ combiner's parameters and metrics (examples used, loss, epsilon spent).
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +24,37 @@ from fedens.combiners.training import combiner_dataset, make_optimizer, run_epoc
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
 from fedens.federation import site_dp
-from fedens.privacy import BudgetExceeded, calibrate_dpsgd_noise, dpsgd_event
+from fedens.privacy import BudgetExceeded, PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
 
-_STATE_KEY = "fedens-dpsgd"  # this site's accountant history, in Context.state
+_SIGMA_KEY = "fedens-dpsgd"  # this run's calibrated noise multiplier, in Context.state
 
 
-def _restore(context: Context) -> tuple[float | None, list[tuple[float, float, int]]]:
-    if _STATE_KEY not in context.state:
-        return None, []
-    rec = context.state[_STATE_KEY]
-    history = list(zip(rec["sigmas"], rec["rates"], (int(n) for n in rec["steps"]), strict=True))
-    return float(rec["noise-multiplier"]), history
+def _noise_multiplier(context: Context, s: Mapping[str, Any], rate: float, steps: int) -> float:
+    """DP-SGD noise spreading the target epsilon over every round planned (calibrated
+    once per run; the same config always gives the same value, so a resumed run agrees)."""
+    if _SIGMA_KEY not in context.state:
+        sigma = calibrate_dpsgd_noise(float(s[L.TARGET_EPSILON]), float(s[L.DELTA]), rate,
+                                      steps * int(s[L.NUM_ROUNDS]))
+        context.state[_SIGMA_KEY] = ConfigRecord({"noise-multiplier": sigma})
+    return float(context.state[_SIGMA_KEY]["noise-multiplier"])
 
 
-def _remember(context: Context, sigma: float, history: list[tuple[float, float, int]]) -> None:
-    context.state[_STATE_KEY] = ConfigRecord(
-        {
-            "noise-multiplier": sigma,
-            "sigmas": [s for s, _, _ in history] or [0.0],
-            "rates": [q for _, q, _ in history] or [0.0],
-            "steps": [n for _, _, n in history] or [0],
-        }
-    )
+def _dpsgd_history(ledger: PrivacyLedger, but: str) -> list[tuple[float, float, int]]:
+    """Opacus's accountant history before release ``but``, rebuilt from the site's durable
+    ledger: it outlives the run (a resumed or later run counts what the site spent)."""
+    return [(r["params"]["noise_multiplier"], r["params"]["sample_rate"], int(r["params"]["steps"]))
+            for r in ledger.records() if r["mechanism"] == "dpsgd" and r["release_key"] != but]
+
+
+def _release_key(site: int, server_round: int, seed: int, arrays: ArrayRecord) -> str:
+    """Names this round's update by everything that determines it (site, round, seed and
+    the global parameters received): the same key means the very same output."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(arrays.to_torch_state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return f"dpsgd/site-{site}/round-{server_round}/seed-{seed}/{digest.hexdigest()[:32]}"
 
 
 def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
@@ -54,7 +64,9 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     site, data_path, _ = L.site_paths(s, context.node_config)
     if not L.contributes(context.node_config):
         return Message(Error(code=L.OPTED_OUT, reason=L.opted_out_reason(site)), reply_to=msg)
-    server_round = int(msg.content["config"]["server-round"])
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
+    _drill(s, site, server_round)
     with np.load(data_path) as data:
         X, y = data["X"], data["y"]
     P = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X)
@@ -63,20 +75,20 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     delta = float(s[L.DELTA])
     rate = sample_rate_for(len(y), batch_size)
     steps = epochs * round(1 / rate)
-    sigma, history = _restore(context)
-    if sigma is None:  # first round: spread the target epsilon over every round planned
-        sigma = calibrate_dpsgd_noise(
-            float(s[L.TARGET_EPSILON]), delta, rate, steps * int(s[L.NUM_ROUNDS])
-        )
+    sigma = _noise_multiplier(context, s, rate, steps)
+    received = msg.content["arrays"]
 
+    key = _release_key(site, server_round, int(s[L.SEED]), received)
     ledger = L.open_site_ledger(s, context.node_config)
     try:  # the budget is checked, and the event recorded, before anything is released
+        history = _dpsgd_history(ledger, but=key)  # Opacus adds this round's steps itself
         epsilon = ledger.charge(
             dpsgd_event(sigma, rate, steps),
             mechanism="dpsgd",
             round=server_round,
             params={"noise_multiplier": sigma, "sample_rate": rate, "steps": steps,
                     "max_grad_norm": float(s[L.MAX_GRAD_NORM])},
+            release_key=key,
         )
     except BudgetExceeded as refusal:
         return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
@@ -85,7 +97,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
 
     torch.manual_seed(int(s[L.SEED]) * 1000 + site * 100 + server_round)
     model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))  # public map
-    model.load_trainable(msg.content["arrays"].to_torch_state_dict())
+    model.load_trainable(received.to_torch_state_dict())
     private = make_private_training(
         model,
         make_optimizer(model, float(s[L.LEARNING_RATE])),
@@ -95,9 +107,10 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
         max_grad_norm=float(s[L.MAX_GRAD_NORM]),
         history=history,
     )
-    done, loss = run_epochs(private.module, private.optimizer, private.loader, epochs)
+    done, loss = run_epochs(private.module, private.optimizer, private.loader, epochs,
+                            after_step=_proximal_pull(model, float(config.get("proximal-mu", 0.0)),
+                                                      float(s[L.LEARNING_RATE])))
     assert done == steps, f"site {site} took {done} DP-SGD steps, charged {steps}"
-    _remember(context, sigma, private.accountant_history())
 
     metrics = MetricRecord(
         {
@@ -115,6 +128,38 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     )
 
 
+def _drill(s: Mapping[str, Any], site: int, server_round: int) -> None:
+    """A planned failure (``inject-faults``): raise, or hang past the round timeout."""
+    fault = L.injected_fault(s, site, server_round)
+    if fault == "raise":
+        raise RuntimeError(f"site {site}: injected failure in round {server_round}")
+    if fault == "hang":
+        time.sleep(2 * float(s[L.ROUND_TIMEOUT]) + 5)
+
+
+def _proximal_pull(model: GatedEnsemble, mu: float, lr: float) -> Callable[[], None] | None:
+    """FedProx's proximal term mu/2 |w - w_global|^2, applied as its own step after each
+    DP-SGD step. Its gradient mu (w - w_global) depends on no record, so it needs no
+    clipping or noise (Opacus would silently drop it from a per-sample loss)."""
+    if mu <= 0:
+        return None
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def pull() -> None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in anchor:
+                    p.sub_(lr * mu * (p - anchor[n]))
+
+    return pull
+
+
+def site_number(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
+    """The roll call: which site this node is (a number from its node_config, no data)."""
+    site, _, _ = L.site_paths(L.merged(settings, context.run_config), context.node_config)
+    return Message(RecordDict({"metrics": MetricRecord({"site": site})}), reply_to=msg)
+
+
 def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
     """The site's ClientApp; ``settings`` are defaults that ``run_config`` overrides."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
@@ -124,5 +169,9 @@ def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         return train_site(msg, context, defaults)
+
+    @app.query("site")
+    def roll_call(msg: Message, context: Context) -> Message:
+        return site_number(msg, context, defaults)
 
     return app

@@ -28,9 +28,15 @@ DELTA = "delta"
 MAX_GRAD_NORM = "max-grad-norm"
 FRACTION_TRAIN = "fraction-train"
 MIN_SITES = "min-sites"
+MIN_REPLIES = "min-replies"
 ROUND_TIMEOUT = "round-timeout"
 TOP_K = "top-k"
 SEED = "seed"
+STRATEGY = "strategy"  # a Flower strategy's class name in flwr.serverapp.strategy
+STRATEGY_PARAMS = "strategy-params"  # JSON: its own keyword arguments (proximal_mu, eta, ...)
+CHECKPOINT_EVERY = "checkpoint-every"  # rounds between server checkpoints
+RESUME = "resume"  # true: continue from the run directory's last checkpoint
+INJECT_FAULTS = "inject-faults"  # "site:round:raise|hang,...": failure drills (tests, rehearsals)
 SITE_DP_MODE = "site-dp-mode"
 SITE_DP_NOISE = "site-dp-noise-multiplier"
 SITE_DP_CLIP = "site-dp-clipping-norm"
@@ -54,6 +60,9 @@ PARTITION_ID = "partition-id"
 DATA_PATH = "data-path"
 LEDGER_PATH = "ledger-path"
 CONTRIBUTE = "contribute"  # false: the site switches its contribution off
+
+# Message types beyond Flower's train: the roll call that maps nodes to sites.
+ROLL_CALL = "query.site"
 
 # Error codes of replies a site refuses.
 BUDGET_REFUSED = 1001  # its ledger cannot pay for the release
@@ -104,6 +113,24 @@ def contributes(node_config: Mapping[str, Any]) -> bool:
 
 def opted_out_reason(site: int) -> str:
     return f"site {site} has switched its contribution off (node_config {CONTRIBUTE}=false)"
+
+
+def injected_fault(settings: Mapping[str, Any], site: int, server_round: int) -> str | None:
+    """The failure drill planned for ``site`` in ``server_round`` ("raise" or "hang"), if any."""
+    planned = {(s, r): kind for s, r, kind in parse_faults(settings.get(INJECT_FAULTS, ""))}
+    return planned.get((site, server_round))
+
+
+def parse_faults(text: str) -> list[tuple[int, int, str]]:
+    """``"site:round:kind,..."`` as tuples; ValueError naming the bad entry."""
+    faults = []
+    for entry in filter(None, (e.strip() for e in str(text).split(","))):
+        parts = entry.split(":")
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() \
+                or parts[2] not in ("raise", "hang"):
+            raise ValueError(f"fault {entry!r}: expected site:round:raise|hang, e.g. 2:3:hang")
+        faults.append((int(parts[0]), int(parts[1]), parts[2]))
+    return faults
 
 
 def merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

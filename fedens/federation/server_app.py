@@ -1,4 +1,4 @@
-"""The coordinator's ServerApp: FedAvg over the sites' combiner parameters.
+"""The coordinator's ServerApp: a Flower strategy over the sites' combiner parameters.
 
 The coordinator holds the shared experts and its own evaluation split; it
 never opens a site's files. Per-round metrics and the global combiner are
@@ -16,15 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.serverapp.strategy import Strategy
 
 from fedens.combiners import GatedEnsemble
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
 from fedens.federation import site_dp
+from fedens.federation.checkpoint import load_checkpoint, save_checkpoint
+from fedens.federation.rounds import RoundOutcome, SiteGrid, run_rounds
+from fedens.federation.strategies import make_strategy
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -50,59 +52,20 @@ def evaluate_combiner(
     }
 
 
-class _SiteReports:
-    """Keeps each site's train metrics per round (Flower only keeps the average)."""
-
-    def __init__(self) -> None:
-        self.by_round: dict[int, dict[str, dict[str, float]]] = {}
-        self.current_round = 0
-
-    def aggregate(self, replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-        self.current_round += 1
-        self.by_round[self.current_round] = {
-            str(int(r["metrics"]["site"])): dict(r["metrics"]) for r in replies
-        }
-        return aggregate_metricrecords(replies, weighted_by_key)
-
-
-def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) -> None:
-    """Run the federated rounds and write the results to ``<run-dir>/federation``."""
-    with np.load(L.coordinator_test_path(s[L.RUN_DIR])) as test:
-        X_test, y_test = test["X"], test["y"]
-    P_test = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X_test)
-    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))  # public map
-    sites = _SiteReports()
-    rows: list[dict[str, Any]] = []
-    started = time.monotonic()
-    num_rounds = int(s[L.NUM_ROUNDS])
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_trainable(arrays.to_torch_state_dict())
-        metrics = evaluate_combiner(model, P_test, X_test, y_test, int(s[L.TOP_K]))
-        reports = sites.by_round.get(server_round, {})
-        row = {
-            "round": server_round,
-            **metrics,
-            "sites_reporting": len(reports),
-            "epsilon_max": max((r["epsilon"] for r in reports.values()), default=0.0),
-            "elapsed_s": time.monotonic() - started,
-        }
-        rows.append(row)
-        if progress:
-            progress({**row, "num_rounds": num_rounds})
-        return MetricRecord(metrics)
-
-    mode = str(s.get(L.SITE_DP_MODE, "none"))
+def _make_strategy(s: Mapping[str, Any], mode: str) -> Strategy:
+    """Flower's strategy named in the settings, wrapped for site-level DP if asked."""
     fraction, min_sites = float(s[L.FRACTION_TRAIN]), int(s[L.MIN_SITES])
-    strategy = site_dp.wrap_strategy(
-        FedAvg(
-            fraction_train=fraction,
-            fraction_evaluate=0.0,  # evaluation happens on the coordinator's own split
-            min_train_nodes=min_sites,
-            min_available_nodes=min_sites,
-            weighted_by_key="num-examples" if mode == "none" else site_dp.WEIGHT_KEY,
-            train_metrics_aggr_fn=sites.aggregate,
-        ),
+    base = make_strategy(
+        str(s.get(L.STRATEGY, "FedAvg")),
+        json.loads(str(s.get(L.STRATEGY_PARAMS, "{}"))),
+        fraction_train=fraction,
+        fraction_evaluate=0.0,  # evaluation happens on the coordinator's own split
+        min_train_nodes=min_sites,
+        min_available_nodes=min_sites,
+        weighted_by_key="num-examples" if mode == "none" else site_dp.WEIGHT_KEY,
+    )
+    return site_dp.wrap_strategy(
+        base,
         mode,
         noise_multiplier=float(s.get(L.SITE_DP_NOISE, 1.0)),
         clipping_norm=float(s.get(L.SITE_DP_CLIP, 1.0)),
@@ -111,26 +74,72 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
         clipped_count_stddev=(float(s[L.SITE_DP_COUNT_STDDEV])
                               if float(s.get(L.SITE_DP_COUNT_STDDEV, 0)) > 0 else None),
     )
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.trainable_state()),
-        num_rounds=num_rounds,
-        timeout=float(s[L.ROUND_TIMEOUT]),
-        train_config=ConfigRecord({site_dp.CONFIG_KEY: mode}),
-        evaluate_fn=evaluate,
+
+
+def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) -> None:
+    """Run the federated rounds and write the results to ``<run-dir>/federation``.
+
+    With ``resume`` set, continue from the run directory's last checkpoint.
+    """
+    run_dir = s[L.RUN_DIR]
+    with np.load(L.coordinator_test_path(run_dir)) as test:
+        X_test, y_test = test["X"], test["y"]
+    P_test = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X_test)
+    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))  # public map
+    num_rounds, top_k = int(s[L.NUM_ROUNDS]), int(s[L.TOP_K])
+    every = int(s.get(L.CHECKPOINT_EVERY, 1))
+    mode = str(s.get(L.SITE_DP_MODE, "none"))
+    strategy = _make_strategy(s, mode)
+    arrays = ArrayRecord(model.trainable_state())
+    report: dict[str, Any] = {"rounds": [], "sites": {}, "failures": {}}
+    if str(s.get(L.RESUME, False)).lower() in ("true", "1"):
+        saved = load_checkpoint(run_dir, strategy)
+        arrays, report, first_round = saved.array_record(), saved.report, saved.round + 1
+    else:
+        first_round = 1
+    started = time.monotonic() - (report["rounds"][-1]["elapsed_s"] if report["rounds"] else 0.0)
+
+    def evaluate(server_round: int, current: ArrayRecord, reports: dict[str, dict[str, float]],
+                 failures: list[dict[str, Any]]) -> None:
+        model.load_trainable(current.to_torch_state_dict())
+        row = {
+            "round": server_round,
+            **evaluate_combiner(model, P_test, X_test, y_test, top_k),
+            "sites_reporting": len(reports),
+            "sites_failed": len(failures),
+            "epsilon_max": max((r["epsilon"] for r in reports.values()), default=0.0),
+            "elapsed_s": time.monotonic() - started,
+        }
+        report["rounds"].append(row)
+        if progress:
+            progress({**row, "num_rounds": num_rounds, "failures": failures})
+
+    def on_round(outcome: RoundOutcome) -> None:
+        reports = {str(int(r["metrics"]["site"])): dict(r["metrics"]) for r in outcome.replies}
+        failures = [f.as_dict() for f in outcome.failures]
+        report["sites"][str(outcome.round)] = reports
+        report["failures"][str(outcome.round)] = failures
+        evaluate(outcome.round, outcome.arrays, reports, failures)
+        if outcome.round % every == 0 or outcome.round == num_rounds:
+            save_checkpoint(run_dir, outcome.round, outcome.arrays, strategy, report)
+
+    if first_round == 1:
+        evaluate(0, arrays, {}, [])
+    site_grid = SiteGrid(grid, timeout=float(s[L.ROUND_TIMEOUT]))
+    arrays = run_rounds(
+        strategy, site_grid, arrays, first_round=first_round, num_rounds=num_rounds,
+        min_replies=int(s.get(L.MIN_REPLIES, 1)), seed=int(s[L.SEED]),
+        train_config=ConfigRecord({site_dp.CONFIG_KEY: mode}), on_round=on_round,
     )
-    out = L.federation_dir(s[L.RUN_DIR])
+    out = L.federation_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.load_trainable(result.arrays.to_torch_state_dict())
+    model.load_trainable(arrays.to_torch_state_dict())
     torch.save(model.state_dict(), out / "global_combiner.pt")
-    report = {
-        "rounds": rows,
-        "sites": {str(r): v for r, v in sites.by_round.items()},
-        "site_level": site_dp.site_level_report(
-            strategy, mode, noise_multiplier=float(s.get(L.SITE_DP_NOISE, 1.0)),
-            rounds=len([r for r in sites.by_round.values() if r]), delta=float(s[L.DELTA]),
-        ),
-    }
+    report["site_level"] = site_dp.site_level_report(
+        strategy, mode, noise_multiplier=float(s.get(L.SITE_DP_NOISE, 1.0)),
+        rounds=len([r for r in report["sites"].values() if r]), delta=float(s[L.DELTA]),
+    )
+    report["strategy"] = str(s.get(L.STRATEGY, "FedAvg"))
     (out / "rounds.json").write_text(json.dumps(report, indent=1))
 
 

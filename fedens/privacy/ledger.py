@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
     mechanism TEXT NOT NULL, params TEXT NOT NULL, event TEXT NOT NULL,
-    worst_case TEXT NOT NULL);
+    worst_case TEXT NOT NULL, release_key TEXT);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
     mechanism TEXT NOT NULL, epsilon_if_released REAL NOT NULL,
@@ -108,6 +108,11 @@ class PrivacyLedger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "release_key" not in columns:  # a ledger written before release keys existed
+            self._db.execute("ALTER TABLE events ADD COLUMN release_key TEXT")
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_release_key ON events(release_key) "
+                         "WHERE release_key IS NOT NULL")
         self.site, self.budget_epsilon, self.delta = site, float(budget_epsilon), float(delta)
         with self._transaction():
             for key, value in (
@@ -143,11 +148,12 @@ class PrivacyLedger:
     def records(self) -> list[dict[str, Any]]:
         """Every event with time, round, mechanism, parameters and its named tuple."""
         rows = self._db.execute(
-            "SELECT time, round, mechanism, params, event FROM events ORDER BY id"
+            "SELECT time, round, mechanism, params, event, release_key FROM events ORDER BY id"
         ).fetchall()
         return [
-            {"time": t, "round": r, "mechanism": m, "params": json.loads(p), "event": json.loads(e)}
-            for t, r, m, p, e in rows
+            {"time": t, "round": r, "mechanism": m, "params": json.loads(p), "event": json.loads(e),
+             "release_key": k}
+            for t, r, m, p, e, k in rows
         ]
 
     def epsilon(self) -> float:
@@ -182,13 +188,18 @@ class PrivacyLedger:
         )
 
     def _record(self, event: dp_accounting.DpEvent, worst_case: dp_accounting.DpEvent, mechanism: str,
-                round: int | None, params: dict[str, Any] | None) -> None:
+                round: int | None, params: dict[str, Any] | None, release_key: str | None = None) -> None:
         self._db.execute(
-            "INSERT INTO events (time, round, mechanism, params, event, worst_case) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (time, round, mechanism, params, event, worst_case, release_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (time.time(), round, mechanism, json.dumps(params or {}), event_to_json(event),
-             event_to_json(worst_case)),
+             event_to_json(worst_case), release_key),
         )
+
+    def has_release(self, release_key: str) -> bool:
+        """Whether a release recorded under ``release_key`` is already paid for."""
+        row = self._db.execute("SELECT 1 FROM events WHERE release_key = ?", (release_key,)).fetchone()
+        return row is not None
 
     def check_budget(
         self,
@@ -259,9 +270,16 @@ class PrivacyLedger:
         round: int | None = None,
         params: dict[str, Any] | None = None,
         worst_case: dp_accounting.DpEvent | None = None,
+        release_key: str | None = None,
     ) -> float:
         """Record ``event`` (with its ``worst_case``, default ``event`` itself) if the
         budget allows the worst case; return the epsilon spent after it.
+
+        ``release_key`` names a release that is a deterministic function of the key
+        (same inputs, same seed, hence the very same output). Sending that output
+        again is post-processing of the first release and costs nothing, so a key
+        already in the ledger is not charged twice: a round re-run after a crash
+        (``resume=``) leaves the ledger as an uninterrupted run would.
 
         Raises
         ------
@@ -272,11 +290,12 @@ class PrivacyLedger:
         worst_case = event if worst_case is None else worst_case
         refusal = None
         with self._transaction():
-            worst = self._would_reach([worst_case])
-            if worst > self.budget_epsilon:
+            if release_key is not None and self.has_release(release_key):
+                pass  # already paid for: this is the same output again
+            elif (worst := self._would_reach([worst_case])) > self.budget_epsilon:
                 refusal = self._refuse(mechanism, round, worst)
             else:
-                self._record(event, worst_case, mechanism, round, params)
+                self._record(event, worst_case, mechanism, round, params, release_key)
         if refusal is not None:
             raise refusal
         return self.epsilon()

@@ -14,14 +14,6 @@ from fedens.privacy import PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event, ep
 from fedens.privacy.dpsgd import sample_rate_for
 
 
-@pytest.fixture(autouse=True)
-def serverapp_identity():
-    """Messages are created by a ServerApp task; say we are one (as run_simulation does)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-
-
 @pytest.fixture
 def site_files(tmp_path):
     task = load_task("digits", 0.3, 0.25, seed=0)
@@ -72,7 +64,7 @@ def test_site_keeps_one_accountant_across_rounds_and_spends_its_target(site_file
     sigma = calibrate_dpsgd_noise(4.0, 1e-5, q, 3 * steps)
     assert reply.content["metrics"]["noise-multiplier"] == pytest.approx(sigma)
     assert epsilons[2] == pytest.approx(epsilon_from_events([dpsgd_event(sigma, q, 3 * steps)], 1e-5))
-    # Opacus' accountant saw all three rounds (history carried in Context.state)
+    # Opacus' accountant saw all three rounds (history rebuilt from the site's ledger)
     assert reply.content["metrics"]["opacus-epsilon"] == pytest.approx(epsilons[2], rel=0.01)
     # only trained parameters and metrics leave the site
     assert set(reply.content) == {"arrays", "metrics"}

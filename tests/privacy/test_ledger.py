@@ -119,3 +119,35 @@ def test_budget_guards_the_worst_case_and_both_epsilons_are_kept(tmp_path):
     assert ledger.worst_case_events() == [dp_accounting.ComposedDpEvent(mech.worst_case_events(4))]
     summary = ledger.summary()
     assert summary["remaining"] == pytest.approx(summary["budget"] - one_batch_worst)
+
+
+def test_a_repeated_release_key_is_paid_once(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "l.sqlite", site="0", budget_epsilon=8.0, delta=1e-5)
+    event = dpsgd_event(1.0, 0.1, 20)
+    first = ledger.charge(event, mechanism="dpsgd", round=1, release_key="round-1/abc")
+    again = ledger.charge(event, mechanism="dpsgd", round=1, release_key="round-1/abc")
+    other = ledger.charge(event, mechanism="dpsgd", round=1, release_key="round-1/def")
+    assert first == again < other
+    assert other == pytest.approx(epsilon_from_events([event, event], 1e-5))
+    assert [r["release_key"] for r in ledger.records()] == ["round-1/abc", "round-1/def"]
+    ledger.close()
+
+
+def test_a_ledger_written_before_release_keys_opens_and_gains_the_column(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema before release keys existed
+        db.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,"
+            " mechanism TEXT NOT NULL, params TEXT NOT NULL, event TEXT NOT NULL, worst_case TEXT NOT NULL);"
+        )
+        text = event_to_json(dpsgd_event(1.0, 0.1, 20))
+        db.execute("INSERT INTO events (time, round, mechanism, params, event, worst_case) "
+                   "VALUES (0, 1, 'dpsgd', '{}', ?, ?)", (text, text))
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [("site", "0"), ("budget_epsilon", "8.0"),
+                                                          ("delta", "1e-05")])
+    ledger = PrivacyLedger.open_existing(path)
+    assert ledger.records()[0]["release_key"] is None
+    ledger.charge(dpsgd_event(1.0, 0.1, 20), mechanism="dpsgd", round=2, release_key="k")
+    assert len(ledger.events()) == 2
+    ledger.close()

@@ -1,0 +1,171 @@
+"""The coordinator's round loop with Flower's strategies, run in process (no Ray):
+every strategy by config, failures recorded, checkpoints, resume equals uninterrupted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from in_process_grid import CoordinatorCrash, InProcessGrid
+
+from fedens.experiment import _prepare, federation_settings
+from fedens.federation import layout as L
+from fedens.federation.checkpoint import checkpoint_path, load_checkpoint
+from fedens.federation.client_app import make_client_app
+from fedens.federation.rounds import short_reason
+from fedens.federation.server_app import _make_strategy, coordinate
+from fedens.federation.strategies import STRATEGIES, check_strategy, make_strategy, strategy_params
+from fedens.privacy import PrivacyLedger
+
+NUM_SITES = 3
+
+
+@pytest.fixture(scope="module")
+def prepared_cfg(tmp_path_factory):
+    """A small quickstart: 3 sites, 4 experts; files prepared once, copied per test."""
+    from fedens.cli import _compose
+
+    cfg = _compose([f"federation.num_sites={NUM_SITES}", "federation.num_rounds=3",
+                    "experts.num_experts=4", "experts.families=[logreg,naive_bayes]",
+                    "combiner.top_k=1", "combiner.local_epochs=1", "privacy.epsilon=4"])
+    source = tmp_path_factory.mktemp("prepared")
+    _prepare(cfg, source)
+    return cfg, source
+
+
+@pytest.fixture
+def run_dir(prepared_cfg, tmp_path):
+    import shutil
+
+    _, source = prepared_cfg
+    shutil.copytree(source, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def federate(cfg, run_dir, grid=None, resume=False, **overrides):
+    settings = {**federation_settings(cfg, run_dir, resume), **overrides}
+    grid = grid or InProcessGrid(make_client_app(settings), NUM_SITES)
+    coordinate(grid, settings, progress=None)
+    return json.loads((L.federation_dir(run_dir) / "rounds.json").read_text())
+
+
+def final_state(run_dir):
+    return torch.load(L.federation_dir(run_dir) / "global_combiner.pt")
+
+
+def ledger_epsilons(run_dir):
+    out = {}
+    for site in range(NUM_SITES):
+        path = L.site_dir(run_dir, site) / "ledger.sqlite"
+        if not path.is_file():  # never sampled
+            out[site] = (0, 0.0)
+            continue
+        ledger = PrivacyLedger.open_existing(path)
+        out[site] = (len(ledger.events()), ledger.epsilon())
+        ledger.close()
+    return out
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_flower_strategy_runs_from_config(prepared_cfg, run_dir, name):
+    cfg, _ = prepared_cfg
+    params = {"FedProx": {"proximal_mu": 0.5}, "FedAdam": {"eta": 0.05}}.get(name, {})
+    report = federate(cfg, run_dir, **{L.STRATEGY: name, L.STRATEGY_PARAMS: json.dumps(params),
+                                       L.NUM_ROUNDS: 2})
+    assert report["strategy"] == name
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    assert all(r["sites_reporting"] == NUM_SITES for r in report["rounds"][1:])
+    initial = torch.load(run_dir / "initial_combiner.pt")
+    assert not torch.equal(final_state(run_dir)["router.weight"], initial["router.weight"])
+
+
+def test_fedprox_pull_keeps_the_update_closer_to_the_global_model(prepared_cfg, run_dir, tmp_path):
+    import shutil
+
+    cfg, _ = prepared_cfg
+    shutil.copytree(run_dir, tmp_path / "prox")
+    initial = torch.load(run_dir / "initial_combiner.pt")["router.weight"]
+    federate(cfg, run_dir, **{L.STRATEGY: "FedProx", L.STRATEGY_PARAMS: '{"proximal_mu": 0.0}',
+                              L.NUM_ROUNDS: 1})
+    federate(cfg, tmp_path / "prox", **{L.STRATEGY: "FedProx", L.STRATEGY_PARAMS: '{"proximal_mu": 5.0}',
+                                        L.NUM_ROUNDS: 1})
+    free = (final_state(run_dir)["router.weight"] - initial).norm()
+    pulled = (final_state(tmp_path / "prox")["router.weight"] - initial).norm()
+    assert 0 < pulled < 0.9 * free
+
+
+def test_strategy_config_errors_name_the_value():
+    with pytest.raises(ValueError, match="unknown strategy 'FedFoo'; choose one of: FedAvg"):
+        strategy_params("FedFoo")
+    with pytest.raises(ValueError, match="FedAdam has no parameter 'mu'; it takes: eta, eta_l"):
+        check_strategy("FedAdam", {"mu": 1})
+    assert make_strategy("FedTrimmedAvg", {"beta": 0.1}).beta == 0.1
+
+
+def test_a_raising_site_is_recorded_and_the_round_aggregates_the_others(prepared_cfg, run_dir):
+    cfg, _ = prepared_cfg
+    report = federate(cfg, run_dir, **{L.INJECT_FAULTS: "1:2:raise"})
+    assert {r: len(f) for r, f in report["failures"].items()} == {"1": 0, "2": 1, "3": 0}
+    (failure,) = report["failures"]["2"]
+    assert failure["site"] == 1 and failure["kind"] == "error"
+    assert failure["reason"] == "site 1: injected failure in round 2"
+    assert [r["sites_reporting"] for r in report["rounds"]] == [0, 3, 2, 3]
+    assert set(report["sites"]["2"]) == {"0", "2"}
+
+
+def test_too_few_replies_keep_the_previous_parameters(prepared_cfg, run_dir):
+    cfg, _ = prepared_cfg
+    report = federate(cfg, run_dir, **{L.INJECT_FAULTS: "0:2:raise,1:2:raise", L.MIN_REPLIES: 2})
+    accuracies = [r["router_accuracy"] for r in report["rounds"]]
+    assert accuracies[2] == accuracies[1]  # round 2 had one reply of the two required
+    assert len(report["failures"]["2"]) == 2
+
+
+@pytest.mark.parametrize("crash_at_round", [2, 3])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(prepared_cfg, run_dir, tmp_path, crash_at_round):
+    """FedAdam (server-side state) with half the sites sampled per round. The
+    coordinator dies after the sites released round ``crash_at_round``; a new
+    coordinator and fresh site contexts resume from the checkpoint."""
+    import shutil
+
+    cfg, _ = prepared_cfg
+    options = {L.STRATEGY: "FedAdam", L.STRATEGY_PARAMS: '{"eta": 0.05}', L.FRACTION_TRAIN: 0.67,
+               L.MIN_SITES: 2}
+    shutil.copytree(run_dir, tmp_path / "crashed")
+    crashed = tmp_path / "crashed"
+    uninterrupted = federate(cfg, run_dir, **options)
+
+    settings = {**federation_settings(cfg, crashed), **options}
+    with pytest.raises(CoordinatorCrash):
+        coordinate(InProcessGrid(make_client_app(settings), NUM_SITES, crash_at_round), settings, None)
+    assert load_checkpoint(crashed, _make_strategy(settings, "none")).round == crash_at_round - 1
+    resumed = federate(cfg, crashed, resume=True, **options)
+
+    for key, tensor in final_state(run_dir).items():
+        assert torch.equal(tensor, final_state(crashed)[key]), key
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(resumed["rounds"]) == strip(uninterrupted["rounds"])
+    assert resumed["sites"] == uninterrupted["sites"]
+    # each site paid once per round it took part in, crash or not
+    assert ledger_epsilons(crashed) == ledger_epsilons(run_dir)
+    sampled = sum(len(sites) for sites in uninterrupted["sites"].values())
+    assert sampled == 3 * 2 and sum(n for n, _ in ledger_epsilons(run_dir).values()) == sampled
+
+
+def test_the_checkpoint_holds_the_strategy_state(prepared_cfg, run_dir):
+    cfg, _ = prepared_cfg
+    settings = {**federation_settings(cfg, run_dir), L.STRATEGY: "FedAdam", L.NUM_ROUNDS: 1}
+    coordinate(InProcessGrid(make_client_app(settings), NUM_SITES), settings, None)
+    fresh = _make_strategy(settings, "none")
+    assert not hasattr(fresh, "m_t") or fresh.m_t is None
+    checkpoint = load_checkpoint(run_dir, fresh)
+    assert checkpoint.round == 1 and checkpoint_path(run_dir).is_file()
+    assert all(np.abs(m).sum() > 0 for m in fresh.m_t.values())
+
+
+def test_short_reason_finds_the_message_in_a_ray_traceback():
+    text = "ray::ClientAppActor.run()\n  File x\nClientAppException: \nException X occurred. Message: boom'>"
+    assert short_reason(text) == "boom"
+    assert short_reason("plain") == "plain" and short_reason("") == "(no reason given)"
