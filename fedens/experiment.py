@@ -112,6 +112,9 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
     check(cfg, "federation.round_timeout", lambda v: is_num(v) and v > 0, "a number of seconds > 0")
     check(cfg, "federation.min_replies", lambda v: is_int(v) and 1 <= v <= cfg.federation.num_sites,
           f"an integer in [1, federation.num_sites={cfg.federation.num_sites}]")
+    check(cfg, "federation.personalization.holdout", lambda v: is_num(v) and 0 <= v < 1,
+          "a fraction in [0, 1) (0: no personalisation)")
+    check(cfg, "federation.personalization.epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check(cfg, "federation.checkpoint_every", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     validate_strategy(cfg)
     check(cfg, "partition.alpha", lambda v: is_num(v) and v > 0, "a number > 0")
@@ -245,6 +248,8 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
         L.CHECKPOINT_EVERY: cfg.federation.checkpoint_every,
         L.RESUME: resume,
         L.INJECT_FAULTS: cfg.federation.inject_faults or "",
+        L.HOLDOUT: float(cfg.federation.personalization.holdout),
+        L.PERSONAL_EPOCHS: cfg.federation.personalization.epochs,
     }
 
 
@@ -307,6 +312,38 @@ def site_ledger_summaries(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str,
                                "events": s["events"], "refusals": s["refusals"],
                                "queries_refused": s["queries_refused"]}
     return per_site
+
+
+def site_personalization(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Per site: router accuracy on its held-back records, global vs personalised, from the
+    comparison each site keeps in its own folder (simulation: all are in the run directory)."""
+    if cfg.federation.personalization.holdout <= 0:
+        return None
+    per_site = {}
+    for site in range(cfg.federation.num_sites):
+        path = L.personalization_report_path(L.site_dir(run_dir, site) / "ledger.sqlite")
+        if path.is_file():
+            per_site[str(site)] = json.loads(path.read_text())
+    gains = [r["personalized"]["router"] - r["global"]["router"] for r in per_site.values()]
+    held = [r["held_back_records"] for r in per_site.values()]
+    return {
+        "holdout": cfg.federation.personalization.holdout,
+        "per_site": per_site,
+        "sites": len(per_site),
+        "sites_gaining": sum(g > 0 for g in gains),
+        "sites_losing": sum(g < 0 for g in gains),
+        "mean_gain": float(np.mean(gains)) if gains else None,
+        # pooled over all held-back records: sum of correct / sum of records
+        "global_accuracy": _pooled(per_site, "global", held),
+        "personalized_accuracy": _pooled(per_site, "personalized", held),
+    }
+
+
+def _pooled(per_site: dict[str, Any], which: str, held: list[int]) -> float | None:
+    if not per_site:
+        return None
+    correct = sum(r[which]["router"] * r["held_back_records"] for r in per_site.values())
+    return float(correct / sum(held))
 
 
 def epsilon_max(per_site: dict[str, dict[str, Any]]) -> float | None:
@@ -388,14 +425,18 @@ def _print_table(results: dict[str, Any], top_k: int) -> None:
     ):
         table.add_row(label, f"{value:.3f}", str(calls))
     console.print(table)
-    p = results["privacy"]
-    sites = Table(title=f"privacy per site (δ={p['delta']:g}, {p['accounting']})")
-    for col in ("site", "ε spent", "budget", "ε (opacus cross-check)", "σ"):
+    p, personal = results["privacy"], (results.get("personalization") or {}).get("per_site", {})
+    sites = Table(title=f"per site: privacy (δ={p['delta']:g}, {p['accounting']}) and router accuracy "
+                        "on its own held-back records")
+    for col in ("site", "ε spent", "budget", "ε (opacus cross-check)", "σ", "global", "personalised"):
         sites.add_column(col, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for site, s in p["per_site"].items():
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        mine = personal.get(site)
         sites.add_row(site, fmt(s["epsilon"]), f"{s['budget']:g}", fmt(s.get("opacus_epsilon")),
-                      fmt(s.get("noise_multiplier")))
+                      fmt(s.get("noise_multiplier")),
+                      fmt(mine["global"]["router"]) if mine else "-",
+                      fmt(mine["personalized"]["router"]) if mine else "-")
     console.print(sites)
 
 
@@ -466,6 +507,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
             "queries_answered": len(task.test),
             "queries_refused": 0,
         },
+        "personalization": site_personalization(cfg, run_dir),
         "federation": {
             "strategy": rounds["strategy"],
             "strategy_params": strategy_params(cfg),

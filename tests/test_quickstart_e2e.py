@@ -18,6 +18,8 @@ SCHEMA = {
     "privacy": {"delta", "epsilon_max", "per_site", "queries_answered", "queries_refused",
                 "accounting"},
     "timing": {"wall_s", "rounds"},
+    "personalization": {"holdout", "per_site", "global_accuracy", "personalized_accuracy"},
+    "federation": {"strategy", "failures_per_round", "resumed"},
 }
 
 
@@ -33,6 +35,8 @@ def test_quickstart_shrunk_end_to_end(compose, tmp_path):
     for section, keys in SCHEMA.items():
         assert keys <= set(on_disk[section]), (section, keys - set(on_disk[section]))
     assert on_disk["experiment"] == "quickstart" and on_disk["data"]["num_sites"] == 4
+    assert set(on_disk["personalization"]["per_site"]) == {"0", "1", "2", "3"}
+    assert on_disk["federation"]["failures_per_round"] == {"1": 0, "2": 0, "3": 0}
 
     b, m, p = on_disk["baselines"], on_disk["metrics"], on_disk["privacy"]
     # the story: the learned router beats every single expert

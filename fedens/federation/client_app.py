@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,6 +23,8 @@ from fedens.combiners.training import combiner_dataset, make_optimizer, run_epoc
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
 from fedens.federation import site_dp
+from fedens.federation.personalization import personalize_site
+from fedens.federation.site_data import site_records
 from fedens.privacy import BudgetExceeded, PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
 
@@ -67,8 +68,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     config = msg.content["config"]
     server_round = int(config["server-round"])
     _drill(s, site, server_round)
-    with np.load(data_path) as data:
-        X, y = data["X"], data["y"]
+    (X, y), _ = site_records(s, data_path, site)
     P = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X)
 
     batch_size, epochs = int(s[L.BATCH_SIZE]), int(s[L.LOCAL_EPOCHS])
@@ -107,7 +107,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
         max_grad_norm=float(s[L.MAX_GRAD_NORM]),
         history=history,
     )
-    done, loss = run_epochs(private.module, private.optimizer, private.loader, epochs,
+    done, _ = run_epochs(private.module, private.optimizer, private.loader, epochs,
                             after_step=_proximal_pull(model, float(config.get("proximal-mu", 0.0)),
                                                       float(s[L.LEARNING_RATE])))
     assert done == steps, f"site {site} took {done} DP-SGD steps, charged {steps}"
@@ -117,7 +117,6 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
             "num-examples": len(y),
             site_dp.WEIGHT_KEY: 1.0,  # equal weights when site-level DP is on
             "site": site,
-            "train-loss": loss,
             "epsilon": epsilon,
             "opacus-epsilon": private.opacus_epsilon(delta),
             "noise-multiplier": sigma,
@@ -169,6 +168,10 @@ def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         return train_site(msg, context, defaults)
+
+    @app.evaluate()
+    def personalize(msg: Message, context: Context) -> Message:
+        return personalize_site(msg, context, defaults)
 
     @app.query("site")
     def roll_call(msg: Message, context: Context) -> Message:

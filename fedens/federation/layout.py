@@ -37,6 +37,8 @@ STRATEGY_PARAMS = "strategy-params"  # JSON: its own keyword arguments (proximal
 CHECKPOINT_EVERY = "checkpoint-every"  # rounds between server checkpoints
 RESUME = "resume"  # true: continue from the run directory's last checkpoint
 INJECT_FAULTS = "inject-faults"  # "site:round:raise|hang,...": failure drills (tests, rehearsals)
+HOLDOUT = "personalization-holdout"  # fraction of each site's records held back (0: off)
+PERSONAL_EPOCHS = "personalization-epochs"  # local fine-tuning of the global combiner
 SITE_DP_MODE = "site-dp-mode"
 SITE_DP_NOISE = "site-dp-noise-multiplier"
 SITE_DP_CLIP = "site-dp-clipping-norm"
@@ -72,6 +74,11 @@ OPTED_OUT = 1002  # it has switched its contribution off
 def site_dir(run_dir: str | Path, site: int) -> Path:
     """In simulation, the folder that stands for site ``site``'s own disk."""
     return Path(run_dir) / "sites" / f"site_{site}"
+
+
+def personalization_report_path(ledger_path: Path) -> Path:
+    """Where a site keeps its own global-vs-personalised comparison (beside its ledger)."""
+    return ledger_path.parent / "personalization.json"
 
 
 def coordinator_test_path(run_dir: str | Path) -> Path:

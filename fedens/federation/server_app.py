@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -131,6 +131,11 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
         min_replies=int(s.get(L.MIN_REPLIES, 1)), seed=int(s[L.SEED]),
         train_config=ConfigRecord({site_dp.CONFIG_KEY: mode}), on_round=on_round,
     )
+    if float(s.get(L.HOLDOUT, 0.0)) > 0:  # each site personalises the final combiner, keeps it
+        personalize = [Message(RecordDict({"arrays": arrays}), dst_node_id=n,
+                               message_type=MessageType.EVALUATE) for n in site_grid.get_node_ids()]
+        site_grid.send_and_receive(personalize, timeout=site_grid.timeout)
+        report["personalization_failures"] = [f.as_dict() for f in site_grid.take_failures()]
     out = L.federation_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.load_trainable(arrays.to_torch_state_dict())

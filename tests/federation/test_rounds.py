@@ -45,7 +45,7 @@ def run_dir(prepared_cfg, tmp_path):
 
 
 def federate(cfg, run_dir, grid=None, resume=False, **overrides):
-    settings = {**federation_settings(cfg, run_dir, resume), **overrides}
+    settings = {**federation_settings(cfg, run_dir, resume), L.HOLDOUT: 0.0, **overrides}
     grid = grid or InProcessGrid(make_client_app(settings), NUM_SITES)
     coordinate(grid, settings, progress=None)
     return json.loads((L.federation_dir(run_dir) / "rounds.json").read_text())
@@ -137,7 +137,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(prepared_cfg, run_dir,
     crashed = tmp_path / "crashed"
     uninterrupted = federate(cfg, run_dir, **options)
 
-    settings = {**federation_settings(cfg, crashed), **options}
+    settings = {**federation_settings(cfg, crashed), L.HOLDOUT: 0.0, **options}
     with pytest.raises(CoordinatorCrash):
         coordinate(InProcessGrid(make_client_app(settings), NUM_SITES, crash_at_round), settings, None)
     assert load_checkpoint(crashed, _make_strategy(settings, "none")).round == crash_at_round - 1
@@ -163,6 +163,33 @@ def test_the_checkpoint_holds_the_strategy_state(prepared_cfg, run_dir):
     checkpoint = load_checkpoint(run_dir, fresh)
     assert checkpoint.round == 1 and checkpoint_path(run_dir).is_file()
     assert all(np.abs(m).sum() > 0 for m in fresh.m_t.values())
+
+
+def test_each_site_personalises_and_keeps_its_comparison(prepared_cfg, run_dir):
+    import numpy as np
+
+    from fedens.experiment import site_personalization
+    from fedens.privacy.dpsgd import sample_rate_for
+
+    cfg, _ = prepared_cfg
+    report = federate(cfg, run_dir, **{L.HOLDOUT: 0.25, L.NUM_ROUNDS: 1})
+    assert report["personalization_failures"] == []
+    summary = site_personalization(cfg, run_dir)
+    assert summary["sites"] == NUM_SITES
+    for site, mine in summary["per_site"].items():
+        with np.load(L.site_dir(run_dir, int(site)) / "data.npz") as data:
+            n = len(data["y"])
+        assert mine["held_back_records"] == round(0.25 * n)
+        assert mine["train_records"] + mine["held_back_records"] == n
+        assert 0 <= mine["global"]["router"] <= 1 and 0 <= mine["personalized"]["router"] <= 1
+        assert (L.site_dir(run_dir, int(site)) / "personalized_combiner.pt").is_file()
+    held = sum(r["held_back_records"] for r in summary["per_site"].values())
+    pooled = sum(r["personalized"]["router"] * r["held_back_records"] for r in summary["per_site"].values())
+    assert summary["personalized_accuracy"] == pytest.approx(pooled / held)
+    # the DP-SGD rounds trained on the rest only: each site's sample rate is batch / train records
+    ledger = PrivacyLedger.open_existing(L.site_dir(run_dir, 0) / "ledger.sqlite")
+    rate = ledger.records()[0]["params"]["sample_rate"]
+    assert rate == sample_rate_for(summary["per_site"]["0"]["train_records"], cfg.combiner.batch_size)
 
 
 def test_short_reason_finds_the_message_in_a_ray_traceback():
