@@ -47,6 +47,13 @@ def test_pate_pipeline_charges_every_site_exactly_what_was_released(compose, tmp
     # dp-accounting's default grid: the same bound, optimised over different orders
     assert dd["epsilon_data_independent"] == pytest.approx(accountant.get_epsilon(1e-5), rel=0.01)
     assert 0 < dd["epsilon_data_dependent"] <= dd["epsilon_data_independent"]
+    # the data-dependent cost is also published privately, at the configured order
+    from fedens.privacy.smooth_sensitivity import gnss_rdp
+
+    released = dd["smooth_sensitivity_release"]
+    assert (released["order"], released["beta"], released["sigma_ss"]) == (15.0, 0.01333, 5.0)
+    assert released["gnss_rdp"] == pytest.approx(gnss_rdp(15.0, 0.01333, 5.0), rel=1e-12)
+    assert released["epsilon_estimate"] > 0 and "not a worst-case guarantee" in released["label"]
 
     assert 0 <= results["metrics"]["answered_label_accuracy"] <= 1
     assert 0.1 < results["metrics"]["test_accuracy"] <= 1

@@ -56,6 +56,7 @@ NUM_QUERIES = "num-queries"
 QUERY_BATCH = "query-batch"
 MECHANISM = "mechanism"
 MECHANISM_PARAMS = "mechanism-params"  # JSON
+SMOOTH_SENSITIVITY = "smooth-sensitivity"  # JSON {order, beta, sigma_ss}, chosen before any vote; "": off
 
 # Keys of a site's node_config (deployment: --node-config; simulation: Flower's).
 PARTITION_ID = "partition-id"

@@ -389,3 +389,26 @@ def test_release_is_f_plus_scaled_noise():
     assert exact <= f <= 1.03 * exact
     with pytest.raises(ValueError, match="beta"):
         gnss_rdp(12.0, 0.05, 8.0)  # 12 (1 - e^-0.1) > 1
+
+
+def paper_theorem_23(beta, sigma_ss, order):
+    """The GNSS RDP as printed in Papernot et al. 2018, Theorem 23 (written out here to compare)."""
+    return (order * math.exp(2 * beta) / sigma_ss**2
+            + (-0.5 * math.log(1 - 2 * order * beta) + beta * order) / (order - 1))
+
+
+@pytest.mark.parametrize("order, frac, sigma_ss, paper_is_below", [(15.0, 0.45, 5.0, True),
+                                                                   (10.0, 0.49, 1.0, True),
+                                                                   (15.0, 0.2, 5.0, False)])
+def test_gnss_bound_against_the_papers_formula(order, frac, sigma_ss, paper_is_below):
+    """Where 2 * order * beta nears 1 the printed formula falls below the exact worst-case
+    divergence of the two Gaussians (so fedens does not use it); at the moderate
+    beta fedens configures, the printed formula is the looser of the two."""
+    beta = frac / order
+    worst = max(gaussian_renyi_closed_form(order, 0.0, sigma_ss, min(1.0, r), sigma_ss * r)
+                for r in np.exp(np.linspace(-beta, beta, 801)))
+    ours, paper = gnss_rdp(order, beta, sigma_ss), paper_theorem_23(beta, sigma_ss, order)
+    assert worst <= ours <= worst * 1.001 + 2 * frac / (order - 1)  # as tight as the test above
+    assert bool(paper < worst) is paper_is_below
+    if not paper_is_below:
+        assert ours < paper
