@@ -72,6 +72,8 @@ def validate_pate(cfg: DictConfig) -> None:
         check(cfg, "privacy.smooth_sensitivity.beta",
               lambda v: is_num(v) and v > 0 and ss.order * (1 - math.exp(-2 * v)) < 1,
               f"a number > 0 with order * (1 - exp(-2 beta)) < 1 (order={ss.order})")
+    for key in ("experts.augment.shift_px", "experts.augment.rotate_deg"):
+        check(cfg, key, lambda v: is_num(v) and 0 <= v <= 45, "a number in [0, 45] (0: off)")
     for key in ("experts.steps", "experts.batch_size", "combiner.steps"):
         check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
 
@@ -134,6 +136,7 @@ def _settings(cfg: DictConfig, run_dir: Path, teachers: list[int]) -> dict[str, 
         L.TEACHERS_PER_SITE: json.dumps(teachers),
         L.TEACHER_STEPS: e.steps, L.TEACHER_BATCH: e.batch_size, L.TEACHER_LR: float(e.lr),
         L.TEACHER_CHANNELS: ",".join(str(c) for c in e.channels),
+        L.TEACHER_SHIFT: float(e.augment.shift_px), L.TEACHER_ROTATE: float(e.augment.rotate_deg),
         L.TEACHER_CACHE_DIR: str(Path(e.cache_dir).resolve()) if e.cache_dir else "",
         L.POOL_PATH: str(run_dir / "coordinator" / "pool.npz"),
         L.NUM_QUERIES: cfg.privacy.num_queries, L.QUERY_BATCH: cfg.privacy.query_batch,

@@ -26,6 +26,23 @@ class TeacherConfig:
     steps: int = 300
     batch_size: int = 32
     lr: float = 2e-3
+    shift_px: float = 0.0  # augmentation: random shifts up to this many pixels ...
+    rotate_deg: float = 0.0  # ... and rotations up to this many degrees, per image
+
+
+def augment(x: torch.Tensor, shift_px: float, rotate_deg: float, rng: np.random.Generator) -> torch.Tensor:
+    """Each image of ``x`` (..., 28, 28) moved by its own random shift and rotation."""
+    if shift_px <= 0 and rotate_deg <= 0:
+        return x
+    flat = x.reshape(-1, 1, 28, 28)
+    n = len(flat)
+    angle = torch.as_tensor(rng.uniform(-rotate_deg, rotate_deg, n) * np.pi / 180, dtype=torch.float32)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = torch.cos(angle)
+    theta[:, 0, 1], theta[:, 1, 0] = -torch.sin(angle), torch.sin(angle)
+    theta[:, :, 2] = torch.as_tensor(rng.uniform(-shift_px, shift_px, (n, 2)) * 2 / 28, dtype=torch.float32)
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    return F.grid_sample(flat, grid, align_corners=False).reshape(x.shape)
 
 
 class TeacherCNNs(nn.Module):
@@ -81,6 +98,7 @@ class TeacherCNNs(nn.Module):
         for _ in range(config.steps):
             picks = [rng.integers(0, len(y), config.batch_size) for y in targets]
             x = torch.stack([img[p] for img, p in zip(images, picks, strict=True)], dim=1)
+            x = augment(x, config.shift_px, config.rotate_deg, rng)
             y = torch.stack([t[p] for t, p in zip(targets, picks, strict=True)])
             loss = F.cross_entropy(model(x).reshape(-1, num_classes), y.reshape(-1))
             optimizer.zero_grad()

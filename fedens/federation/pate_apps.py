@@ -46,7 +46,8 @@ ProgressFn = Callable[[str], None]
 
 def _teacher_config(s: Mapping[str, Any]) -> TeacherConfig:
     c1, c2 = (int(c) for c in str(s[L.TEACHER_CHANNELS]).split(","))
-    return TeacherConfig((c1, c2), int(s[L.TEACHER_STEPS]), int(s[L.TEACHER_BATCH]), float(s[L.TEACHER_LR]))
+    return TeacherConfig((c1, c2), int(s[L.TEACHER_STEPS]), int(s[L.TEACHER_BATCH]), float(s[L.TEACHER_LR]),
+                         float(s.get(L.TEACHER_SHIFT, 0.0)), float(s.get(L.TEACHER_ROTATE, 0.0)))
 
 
 def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, TeacherCNNs, bool]:
