@@ -75,11 +75,15 @@ def _prevalidate(overrides: list[str]) -> None:
 
 def _hydra_task(cfg) -> None:  # type: ignore[no-untyped-def]
     from fedens.experiment import ConfigError, run
+    from fedens.federation.deployment import DeploymentError
 
     try:
         run(cfg)
     except ConfigError as error:
         fail(str(error))
+    except DeploymentError as error:
+        print(f"fedens: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def resume_command(run_dir: str, others: list[str]) -> None:

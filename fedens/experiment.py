@@ -110,6 +110,12 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
     check(cfg, "federation.num_rounds", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check(cfg, "federation.fraction_train", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
     check(cfg, "federation.round_timeout", lambda v: is_num(v) and v > 0, "a number of seconds > 0")
+    check(cfg, "federation.backend", lambda v: v in ("simulation", "deployment"),
+          "'simulation' or 'deployment'")
+    if cfg.federation.backend == "deployment":
+        check(cfg, "federation.superlink", lambda v: isinstance(v, str) and v.strip() != "",
+              "the name of a [superlink.<name>] connection in $FLWR_HOME/config.toml")
+        check(cfg, "federation.run_timeout", lambda v: is_num(v) and v > 0, "a number of seconds > 0")
     check(cfg, "federation.min_replies", lambda v: is_int(v) and 1 <= v <= cfg.federation.num_sites,
           f"an integer in [1, federation.num_sites={cfg.federation.num_sites}]")
     check(cfg, "federation.personalization.holdout", lambda v: is_num(v) and 0 <= v < 1,
@@ -272,7 +278,7 @@ def _federate(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str,
             who = f"site {f['site']}" if f["site"] is not None else f"node {f['node']}"
             console.print(f"          {who} failed ({f['kind']}): {f['reason']}")
 
-    backend = cfg.federation.get("backend", "simulation")
+    backend = cfg.federation.backend
     console.print(
         f"federation  Flower {backend}: {cfg.federation.num_sites} sites, "
         f"{cfg.federation.num_rounds} {strategy.name} rounds, DP-SGD target ε={cfg.privacy.epsilon:g} "
@@ -357,8 +363,11 @@ def _privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> d
         last_reports.update(reports)
     per_site = site_ledger_summaries(cfg, run_dir)
     for site, entry in per_site.items():  # Opacus' own accountant, as a cross-check
-        entry["opacus_epsilon"] = last_reports.get(site, {}).get("opacus-epsilon")
-        entry["noise_multiplier"] = last_reports.get(site, {}).get("noise-multiplier")
+        reported = last_reports.get(site, {})
+        entry["opacus_epsilon"] = reported.get("opacus-epsilon")
+        entry["noise_multiplier"] = reported.get("noise-multiplier")
+        if entry["epsilon"] is None and "epsilon" in reported:  # its ledger is on its own machine
+            entry["epsilon"], entry["source"] = reported["epsilon"], "reported by the site"
     return {
         "delta": float(cfg.privacy.delta),
         "epsilon_max": epsilon_max(per_site),

@@ -11,7 +11,6 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,11 +19,11 @@ from flwr.clientapp import ClientApp
 
 from fedens.combiners import GatedEnsemble
 from fedens.combiners.training import combiner_dataset, make_optimizer, run_epochs
-from fedens.experts import expert_outputs, load_experts
+from fedens.experts import expert_outputs
 from fedens.federation import layout as L
 from fedens.federation import site_dp
 from fedens.federation.personalization import personalize_site
-from fedens.federation.site_data import site_records
+from fedens.federation.site_data import initial_combiner, shared_experts, site_records
 from fedens.privacy import BudgetExceeded, PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
 
@@ -69,7 +68,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     server_round = int(config["server-round"])
     _drill(s, site, server_round)
     (X, y), _ = site_records(s, data_path, site)
-    P = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X)
+    P = expert_outputs(shared_experts(s, context.node_config), X)
 
     batch_size, epochs = int(s[L.BATCH_SIZE]), int(s[L.LOCAL_EPOCHS])
     delta = float(s[L.DELTA])
@@ -96,7 +95,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
         ledger.close()
 
     torch.manual_seed(int(s[L.SEED]) * 1000 + site * 100 + server_round)
-    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))  # public map
+    model = initial_combiner(s, context.node_config)  # public map
     model.load_trainable(received.to_torch_state_dict())
     private = make_private_training(
         model,

@@ -109,6 +109,12 @@ def site_paths(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> t
     return site, paths[DATA_PATH], paths[LEDGER_PATH]
 
 
+def shared_file(settings: Mapping[str, Any], node_config: Mapping[str, Any], key: str) -> Path:
+    """A shared file (experts, initial combiner): where the site keeps its own copy
+    (node_config), else where the run settings say."""
+    return Path(str(node_config.get(key) or settings[key]))
+
+
 def open_site_ledger(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> PrivacyLedger:
     """The site's ledger, with the budget from its node_config (else the run's default)."""
     site, _, ledger_path = site_paths(settings, node_config)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,9 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from fedens.combiners import GatedEnsemble
 from fedens.combiners.training import train_gated_ensemble
-from fedens.experts import expert_outputs, load_experts
+from fedens.experts import expert_outputs
 from fedens.federation import layout as L
-from fedens.federation.site_data import site_records
+from fedens.federation.site_data import initial_combiner, shared_experts, site_records
 
 
 def scores(model: GatedEnsemble, P: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -39,9 +38,9 @@ def personalize_site(msg: Message, context: Context, settings: Mapping[str, Any]
     (X, y), (X_held, y_held) = site_records(s, data_path, site)
     if len(y_held) == 0:
         return Message(RecordDict({"metrics": MetricRecord({"site": site, "personalized": 0})}), reply_to=msg)
-    experts = load_experts(Path(s[L.EXPERTS_PATH]))
+    experts = shared_experts(s, context.node_config)
     P, P_held = expert_outputs(experts, X), expert_outputs(experts, X_held)
-    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))
+    model = initial_combiner(s, context.node_config)
     model.load_trainable(msg.content["arrays"].to_torch_state_dict())
     global_scores = scores(model, P_held, X_held, y_held)
     train_gated_ensemble(model, X, P, y, int(s[L.PERSONAL_EPOCHS]), float(s[L.LEARNING_RATE]) / 5,

@@ -40,7 +40,7 @@ def short_reason(text: str, limit: int = 300) -> str:
 class Failure:
     site: int | None  # None: a node that never answered the roll call
     node: int
-    kind: str  # "error" (raised or refused) | "timeout"
+    kind: str  # "error" (raised) | "refused" (budget) | "opted-out" | "timeout"
     reason: str
     code: int | None = None
 
@@ -82,8 +82,10 @@ class SiteGrid:
         for reply in replies:
             if reply.has_error():
                 node = reply.metadata.src_node_id
-                self.failures.append(Failure(self.site_of.get(node), node, "error",
-                                             short_reason(reply.error.reason), int(reply.error.code)))
+                code = int(reply.error.code)
+                kind = {L.BUDGET_REFUSED: "refused", L.OPTED_OUT: "opted-out"}.get(code, "error")
+                self.failures.append(Failure(self.site_of.get(node), node, kind,
+                                             short_reason(reply.error.reason), code))
         for msg in messages:
             node = msg.metadata.dst_node_id
             if node not in answered:

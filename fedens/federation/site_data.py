@@ -1,4 +1,5 @@
-"""A site's own records: the part it trains on and the part it holds back.
+"""What a site loads: the shared experts and initial combiner, and its own records
+(the part it trains on and the part it holds back).
 
 The held-back part never enters DP-SGD; the site uses it only to compare the
 global combiner with its personalised one, and keeps that comparison itself.
@@ -11,8 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from fedens.combiners import GatedEnsemble
+from fedens.experts import load_experts
 from fedens.federation import layout as L
+
+
+def shared_experts(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> list:
+    """The network's shared experts (the site's own copy if its node_config names one)."""
+    return load_experts(L.shared_file(settings, node_config, L.EXPERTS_PATH))
+
+
+def initial_combiner(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> GatedEnsemble:
+    """The combiner with its public input map (PCA of the public split), before training."""
+    return GatedEnsemble.from_state_dict(torch.load(L.shared_file(settings, node_config,
+                                                                  L.INITIAL_COMBINER_PATH)))
 
 
 def split_holdout(n: int, fraction: float, seed: int, site: int) -> tuple[np.ndarray, np.ndarray]:
