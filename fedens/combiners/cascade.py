@@ -18,6 +18,12 @@ from fedens.combiners.base import (
 )
 
 DEFAULT_GRID = np.linspace(0.0, 1.0, 101)
+#: threshold grids for :func:`choose_grid`: finer grids fit validation data more closely (and overfit)
+GRIDS = {
+    "fine": DEFAULT_GRID,
+    "coarse": np.array([0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999]),
+    "high": np.array([0.9, 0.99, 0.999, 0.9999]),
+}
 
 
 def check_costs(costs: Sequence[float]) -> np.ndarray:
@@ -39,6 +45,116 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
+def check_thresholds(threshold: float | Sequence[float]) -> float | np.ndarray:
+    """A shared threshold in [0, 1], or per-expert thresholds (K,) each in [0, 1] or ``inf`` (skipped)."""
+    t = np.asarray(threshold, dtype=np.float64)
+    if t.ndim == 0:
+        return check_threshold(float(t))
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError(f"threshold must be a number or a non-empty vector (K,), got {threshold!r}")
+    for k, v in enumerate(t):
+        if not (0.0 <= v <= 1.0 or v == np.inf):
+            raise ValueError(f"threshold of expert {k} must be in [0, 1] or inf (skip), got {v!r}")
+    if np.isinf(t).all():
+        raise ValueError(f"at least one expert's threshold must be finite (not skipped), got {threshold!r}")
+    return t
+
+
+def _chain(costs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Experts called, cheapest first (ties by index), skipping those whose threshold is inf."""
+    order = np.argsort(costs, kind="stable")
+    return order[np.isfinite(thresholds[order])]
+
+
+def _stops(confidence: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per query, the first chain position whose confidence (n, L) reaches its threshold (L,)."""
+    confident = confidence >= thresholds
+    confident[:, -1] = True
+    return confident.argmax(axis=1)
+
+
+def calibrate_per_expert(
+    P: np.ndarray, y: np.ndarray, costs: np.ndarray, target_accuracy: float, grid: np.ndarray
+) -> tuple[np.ndarray, float, float]:
+    """Per-expert thresholds: the cheapest cascade found whose accuracy on (P, y) is >= the target.
+
+    Starts from the most accurate expert alone (the *anchor*; ties to the
+    cheaper) and greedily changes one cheaper expert's threshold at a time
+    (to a grid value, or ``inf``: skip it), taking the change that gives the
+    lowest cost among those reaching the target (while below the target: the
+    highest accuracy), until no change improves. Returns (thresholds, accuracy,
+    cost per query) on (P, y).
+    """
+    n, K, _ = P.shape
+    confidence, correct = P.max(axis=2), P.argmax(axis=2) == y[:, None]
+    rows = np.arange(n)
+
+    def evaluate(t: np.ndarray) -> tuple[float, float]:
+        chain = _chain(costs, t)
+        stop = _stops(confidence[:, chain], t[chain])
+        return float(correct[rows, chain[stop]].mean()), float(np.cumsum(costs[chain])[stop].mean())
+
+    def score(acc: float, cost: float) -> tuple[int, float, float]:
+        return (0, cost, -acc) if acc >= target_accuracy else (1, -acc, cost)
+
+    order = np.argsort(costs, kind="stable")
+    accs = correct.mean(axis=0)
+    anchor = int(min(range(K), key=lambda k: (-accs[k], costs[k], k)))
+    cheaper = order[: int(np.flatnonzero(order == anchor)[0])]
+    t = np.full(K, np.inf)
+    t[anchor] = 0.0  # the anchor is the last expert called: it always answers
+    best = evaluate(t)
+    values = np.append(np.unique(grid), np.inf)
+    while True:
+        moves = []
+        for k in cheaper:
+            for v in values:
+                if v != t[k]:
+                    trial = t.copy()
+                    trial[k] = v
+                    moves.append((score(*evaluate(trial)), int(k), float(v)))
+        if not moves:
+            break
+        top = min(moves)
+        if top[0] >= score(*best):
+            break
+        t[top[1]] = top[2]
+        best = evaluate(t)
+    return t, best[0], best[1]
+
+
+def choose_grid(
+    P: np.ndarray, y: np.ndarray, costs: np.ndarray, grids: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> tuple[str, dict[str, tuple[float, float]]]:
+    """Pick a per-expert threshold grid by 2-fold cross-validation on validation data (P, y).
+
+    For each grid, calibrate on one half to the best single expert's accuracy
+    there and measure, on the other half, (cascade accuracy - that expert's
+    accuracy, cost per query); both folds averaged. Returns the cheapest grid
+    whose held-out accuracy gap is >= 0 (else the one with the largest gap), and
+    every grid's (gap, cost).
+    """
+    grids = GRIDS if grids is None else grids
+    idx = np.random.default_rng(seed).permutation(len(y))
+    halves = (idx[: len(y) // 2], idx[len(y) // 2:])
+    held_out: dict[str, tuple[float, float]] = {}
+    for name, grid in grids.items():
+        gaps, spent = [], []
+        for fit, check in (halves, halves[::-1]):
+            accs = (P[fit].argmax(axis=2) == y[fit, None]).mean(axis=0)
+            target = float(accs.max())
+            thresholds, _, _ = calibrate_per_expert(P[fit], y[fit], costs, target, np.asarray(grid))
+            cascade = CascadeCombiner(costs, thresholds)
+            anchor = (P[check][:, int(np.argmax(accs))].argmax(axis=1) == y[check]).mean()
+            gaps.append(float((cascade.combine(P[check]).argmax(axis=1) == y[check]).mean() - anchor))
+            spent.append(cascade.cost_per_query(P[check]))
+        held_out[name] = (float(np.mean(gaps)), float(np.mean(spent)))
+    ok = [name for name, (gap, _) in held_out.items() if gap >= 0]
+    best = min(ok, key=lambda n: held_out[n][1]) if ok else max(held_out, key=lambda n: held_out[n][0])
+    return best, held_out
+
+
 @register_combiner("cascade")
 class CascadeCombiner:
     """Cheapest expert first; escalate while its top probability is under ``threshold``.
@@ -46,8 +162,9 @@ class CascadeCombiner:
     Experts are called in order of cost (cheapest first, ties by index); a query
     stops at the first expert whose max probability is >= ``threshold`` and
     gets that expert's distribution. The last (most expensive) expert always
-    answers. One threshold is shared by all experts; :meth:`calibrate` picks it
-    on validation data.
+    answers. One threshold is shared by all experts, or each expert has its own;
+    an expert whose threshold is ``inf`` never answers, so it is never called.
+    :meth:`calibrate` picks the threshold(s) on validation data.
 
     Unlike the other combiners, :meth:`expert_calls_per_query` and
     :meth:`cost_per_query` take the expert outputs ``P`` rather than ``K``: how
@@ -58,9 +175,10 @@ class CascadeCombiner:
     ----------
     costs : sequence of float (K,), optional
         Cost per call of each expert, all > 0. ``None``: all 1.0 (index order).
-    threshold : float
+    threshold : float or sequence of float (K,)
         Confidence needed to stop, in [0, 1]. 0 always stops at the first
-        expert; 1 stops only at an expert that is certain.
+        expert; 1 stops only at an expert that is certain. Per expert, ``inf``
+        skips that expert; the most expensive expert not skipped always answers.
 
     Examples
     --------
@@ -74,30 +192,41 @@ class CascadeCombiner:
     (1.5, 3.5)
     """
 
-    def __init__(self, costs: Sequence[float] | None = None, threshold: float = 1.0) -> None:
+    def __init__(
+        self, costs: Sequence[float] | None = None, threshold: float | Sequence[float] = 1.0
+    ) -> None:
         self.costs: np.ndarray | None = None if costs is None else check_costs(costs)
-        self.threshold = check_threshold(threshold)
+        self.threshold = check_thresholds(threshold)
+        if self.costs is not None and isinstance(self.threshold, np.ndarray):
+            if len(self.threshold) != len(self.costs):
+                raise ValueError(
+                    f"threshold has {len(self.threshold)} entries but costs has {len(self.costs)}"
+                )
 
     @property
     def order(self) -> np.ndarray | None:
         """Expert indices cheapest first (ties by index), or ``None`` without costs."""
         return None if self.costs is None else np.argsort(self.costs, kind="stable")
 
-    def _plan(self, P: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(order, position in order of the answering expert per query, costs)."""
+    def _plan(
+        self, P: np.ndarray, threshold: float | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(chain: experts called in order, position in the chain of the answering expert
+        per query, costs)."""
         check_num_experts(None if self.costs is None else len(self.costs), P, "CascadeCombiner")
+        if isinstance(threshold, np.ndarray):
+            check_num_experts(len(threshold), P, "CascadeCombiner thresholds")
         K = P.shape[1]
         costs = np.ones(K) if self.costs is None else self.costs
-        order = np.argsort(costs, kind="stable")
-        confident = P[:, order].max(axis=2) >= threshold
-        confident[:, -1] = True
-        return order, confident.argmax(axis=1), costs
+        t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (K,))
+        chain = _chain(costs, t)
+        return chain, _stops(P[:, chain].max(axis=2), t[chain]), costs
 
     def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
         """The answering expert's distribution per query (n, C); ``X`` is ignored."""
         P = check_expert_outputs(P)
-        order, stop, _ = self._plan(P, self.threshold)
-        return P[np.arange(len(P)), order[stop]].astype(np.float64)
+        chain, stop, _ = self._plan(P, self.threshold)
+        return P[np.arange(len(P)), chain[stop]].astype(np.float64)
 
     def _nonempty(self, P: np.ndarray) -> np.ndarray:
         P = check_expert_outputs(P)
@@ -114,8 +243,8 @@ class CascadeCombiner:
     def cost_per_query(self, P: np.ndarray) -> float:
         """Mean total cost of the experts called on the queries ``P``."""
         P = self._nonempty(P)
-        order, stop, costs = self._plan(P, self.threshold)
-        return float(np.mean(np.cumsum(costs[order])[stop]))
+        chain, stop, costs = self._plan(P, self.threshold)
+        return float(np.mean(np.cumsum(costs[chain])[stop]))
 
     def calibrate(
         self,
@@ -125,8 +254,14 @@ class CascadeCombiner:
         target_accuracy: float | None = None,
         max_cost: float | None = None,
         grid: Sequence[float] | None = None,
+        per_expert: bool = False,
     ) -> CascadeCombiner:
         """Pick the shared threshold from ``grid`` (default 0, 0.01, ..., 1) on validation data.
+
+        ``per_expert=True`` (with ``target_accuracy``) instead picks one threshold
+        per expert from ``grid`` or ``inf`` (skip), by :func:`calibrate_per_expert`.
+        Either way ``validation_accuracy`` and ``validation_cost`` are set to what
+        the chosen thresholds give on the validation data.
 
         Give exactly one of ``target_accuracy`` (the cheapest threshold whose
         validation accuracy is >= it; ties to the more accurate, then the lower
@@ -152,11 +287,22 @@ class CascadeCombiner:
             self.costs = check_costs(costs)
         P = self._nonempty(P_val)
         y = check_labels(y_val, P)
+        if per_expert:
+            if target_accuracy is None:
+                raise ValueError(f"per-expert calibration takes target_accuracy, got max_cost={max_cost!r}")
+            check_num_experts(None if self.costs is None else len(self.costs), P, "CascadeCombiner")
+            costs_ = np.ones(P.shape[1]) if self.costs is None else self.costs
+            self.threshold, acc_, cost_ = calibrate_per_expert(P, y, costs_, target_accuracy, thresholds)
+            self.validation_accuracy, self.validation_cost = acc_, cost_
+            if acc_ < target_accuracy:
+                warnings.warn(f"no per-expert thresholds reach target_accuracy={target_accuracy} on "
+                              f"validation data (best found {acc_:.4f})", stacklevel=2)
+            return self
         acc, cost = np.empty(len(thresholds)), np.empty(len(thresholds))
         for i, t in enumerate(thresholds):
-            order, stop, c = self._plan(P, t)
-            acc[i] = np.mean(P[np.arange(len(P)), order[stop]].argmax(axis=1) == y)
-            cost[i] = np.mean(np.cumsum(c[order])[stop])
+            chain, stop, c = self._plan(P, t)
+            acc[i] = np.mean(P[np.arange(len(P)), chain[stop]].argmax(axis=1) == y)
+            cost[i] = np.mean(np.cumsum(c[chain])[stop])
         if target_accuracy is not None:
             ok = acc >= target_accuracy
             if not ok.any():
@@ -176,6 +322,7 @@ class CascadeCombiner:
             key = np.lexsort((thresholds, cost, -acc))
         best = next(i for i in key if ok[i])
         self.threshold = float(thresholds[best])
+        self.validation_accuracy, self.validation_cost = float(acc[best]), float(cost[best])
         return self
 
     def save(self, path: str | Path) -> None:
@@ -188,4 +335,5 @@ class CascadeCombiner:
     def load(cls, path: str | Path) -> CascadeCombiner:
         """Read a cascade written by :meth:`save`."""
         a = load_arrays(path, "cascade")
-        return cls(a["costs"] if a["costs"].size else None, float(a["threshold"]))
+        t = a["threshold"]
+        return cls(a["costs"] if a["costs"].size else None, float(t) if t.ndim == 0 else t)

@@ -15,6 +15,17 @@ stored as buffers, so it travels with the parameters and is never trained.
 Both start at zero, i.e. at the uniform mean, so training can only move them
 away from it when the data says so. Both heads are ``nn.Linear`` layers so
 Opacus computes per-sample gradients for them.
+
+Training objective, per head (stored as buffers, so it travels with the initial
+state to every site): ``"nll"`` maximises the mixture's likelihood; ``"score_ce"``
+is the cross-entropy of ``softmax(score_scale * q)`` with ``q`` the mixture, i.e.
+the pooled probabilities used as class scores. NLL pays up to ``-log(1e-6)`` for
+a record whose truth the mixture rules out, so it moves the global weights to
+the few experts that never give a class exact zero (the MLPs) and accuracy drops
+below the uniform mean; ``score_ce`` is bounded and rewards the pool's argmax
+margin instead. (For the router NLL is the better choice: it ranks experts,
+which top-k routing needs.) ``train_top_k=k`` adds the loss of the router's
+renormalised top-k mixture, so training sees the sparse gate.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from torch import nn
 from fedens.combiners.base import check_expert_outputs, register_combiner
 
 _LOG_FLOOR = 1e-6  # experts such as trees give exact zeros
+OBJECTIVES = ("nll", "score_ce")
+OPTION_BUFFERS = ("score_scale_router", "score_scale_weights", "train_top_k")
 
 
 def mixture_log_likelihood(
@@ -38,9 +51,33 @@ def mixture_log_likelihood(
     return torch.logsumexp(torch.log_softmax(gate_logits, dim=1) + torch.log(p_true), dim=1)
 
 
+def pooled_score_cross_entropy(
+    gate_logits: torch.Tensor, P: torch.Tensor, y: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Per-record cross-entropy of ``softmax(scale * sum_k softmax(gate)_k P[k])``, shape (n,)."""
+    pooled = torch.einsum("nk,nkc->nc", torch.softmax(gate_logits, dim=1), P)
+    return nn.functional.cross_entropy(scale * pooled, y, reduction="none")
+
+
+def top_k_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """``logits`` with all but the k largest per row set to -inf (exactly k kept, ties included)."""
+    keep = torch.topk(logits, k, dim=1).indices
+    return logits + torch.full_like(logits, float("-inf")).scatter(1, keep, 0.0)
+
+
 @register_combiner("gated_ensemble")
 class GatedEnsemble(nn.Module):
     """Router and global weights over ``num_experts`` experts.
+
+    Parameters
+    ----------
+    router_objective, weights_objective : {"nll", "score_ce"}
+        Each head's training loss (module docstring). The issue-3 setting is
+        ``weights_objective="score_ce"`` with the router on ``"nll"``.
+    score_scale : float
+        ``score_ce``'s scale of the pooled probabilities (> 0).
+    train_top_k : int, optional
+        Also train the router's renormalised top-k mixture (``None``: dense only).
 
     Examples
     --------
@@ -57,8 +94,22 @@ class GatedEnsemble(nn.Module):
         num_experts: int,
         projection: np.ndarray | None = None,
         center: np.ndarray | None = None,
+        *,
+        router_objective: str = "nll",
+        weights_objective: str = "nll",
+        score_scale: float = 20.0,
+        train_top_k: int | None = None,
     ) -> None:
         super().__init__()
+        for key, value in (("router_objective", router_objective), ("weights_objective", weights_objective)):
+            if value not in OBJECTIVES:
+                raise ValueError(f"{key} must be one of {list(OBJECTIVES)}, got {value!r}")
+        if not (np.isfinite(score_scale) and score_scale > 0):
+            raise ValueError(f"score_scale must be a finite number > 0, got {score_scale!r}")
+        if train_top_k is not None and not (
+            isinstance(train_top_k, (int, np.integer)) and 1 <= train_top_k <= num_experts
+        ):
+            raise ValueError(f"train_top_k must be None or in [1, {num_experts}], got {train_top_k!r}")
         if projection is None:
             projection = np.eye(num_features, dtype=np.float32)
         projection = np.asarray(projection, dtype=np.float32)
@@ -70,32 +121,51 @@ class GatedEnsemble(nn.Module):
             center = np.zeros(num_features, dtype=np.float32)
         self.register_buffer("projection", torch.as_tensor(projection))
         self.register_buffer("center", torch.as_tensor(np.asarray(center, dtype=np.float32)))
+        # training objective as buffers (0: NLL / dense), so from_state_dict restores it
+        for head, objective in (("router", router_objective), ("weights", weights_objective)):
+            scale = float(score_scale) if objective == "score_ce" else 0.0
+            self.register_buffer(f"score_scale_{head}", torch.tensor(scale))
+        self.register_buffer("train_top_k", torch.tensor(int(train_top_k or 0)))
         self.router = nn.Linear(projection.shape[0], num_experts)
         self.weights = nn.Linear(1, num_experts, bias=False)
         for p in self.parameters():
             nn.init.zeros_(p)
 
+    def options(self) -> dict[str, object]:
+        """The constructor's keyword options this module was built with."""
+        scales = {head: float(getattr(self, f"score_scale_{head}")) for head in ("router", "weights")}
+        return {
+            "router_objective": "score_ce" if scales["router"] else "nll",
+            "weights_objective": "score_ce" if scales["weights"] else "nll",
+            "score_scale": max(scales.values()) or 20.0,
+            "train_top_k": int(self.train_top_k) or None,
+        }
+
     @classmethod
     def with_public_projection(
-        cls, X_public: np.ndarray, num_experts: int, dim: int, seed: int = 0
+        cls, X_public: np.ndarray, num_experts: int, dim: int, seed: int = 0, **options: object
     ) -> GatedEnsemble:
         """A GatedEnsemble whose router sees the top ``dim`` principal components of
-        *public* data (``dim=0``: the raw inputs)."""
+        *public* data (``dim=0``: the raw inputs); ``options`` go to the constructor."""
         num_features = X_public.shape[1]
         if dim == 0:
-            return cls(num_features, num_experts)
+            return cls(num_features, num_experts, **options)  # type: ignore[arg-type]
         if not 1 <= dim <= min(X_public.shape):
             raise ValueError(f"router input dim must be in [0, {min(X_public.shape)}], got {dim}")
         from sklearn.decomposition import PCA
 
         pca = PCA(n_components=dim, random_state=seed).fit(X_public)
-        return cls(num_features, num_experts, pca.components_, pca.mean_)
+        return cls(num_features, num_experts, pca.components_, pca.mean_, **options)  # type: ignore[arg-type]
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GatedEnsemble:
-        """Rebuild a GatedEnsemble (shapes and public projection) from its state dict."""
+        """Rebuild a GatedEnsemble (shapes, public projection, objective) from its state dict.
+
+        States saved before the objective buffers existed load as NLL, dense training.
+        """
         projection = state["projection"].numpy()
         model = cls(projection.shape[1], state["weights.weight"].shape[0], projection)
+        state = {**{k: v for k, v in model.state_dict().items() if k in OPTION_BUFFERS}, **state}
         model.load_state_dict(state)
         return model
 
@@ -117,13 +187,23 @@ class GatedEnsemble(nn.Module):
         router_inputs = (X - self.center) @ self.projection.T
         return self.router(router_inputs), self.weights(torch.ones(len(X), 1, dtype=X.dtype))
 
+    def head_loss(
+        self, gate_logits: torch.Tensor, P: torch.Tensor, y: torch.Tensor, head: str = "router"
+    ) -> torch.Tensor:
+        """Per-record loss (n,) of a mixture with these gate logits under ``head``'s objective."""
+        scale = float(getattr(self, f"score_scale_{head}"))
+        if scale > 0:
+            return pooled_score_cross_entropy(gate_logits, P, y, scale)
+        return -mixture_log_likelihood(gate_logits, P, y)
+
     def loss(self, X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood of both heads' mixtures."""
+        """Mean over records of both heads' losses, plus the router's top-k loss if ``train_top_k``."""
         router_logits, weight_logits = self(X)
-        ll = mixture_log_likelihood(router_logits, P, y) + mixture_log_likelihood(
-            weight_logits, P, y
-        )
-        return -ll.mean()
+        per_record = self.head_loss(router_logits, P, y) + self.head_loss(weight_logits, P, y, "weights")
+        k = int(self.train_top_k)
+        if k:
+            per_record = per_record + self.head_loss(top_k_logits(router_logits, k), P, y)
+        return per_record.mean()
 
     @torch.no_grad()
     def gates(self, X: np.ndarray, head: str = "router", top_k: int | None = None) -> np.ndarray:
@@ -136,9 +216,7 @@ class GatedEnsemble(nn.Module):
         if top_k is not None:
             if not 1 <= top_k <= K:
                 raise ValueError(f"top_k must be in [1, {K}] (the number of experts), got {top_k}")
-            keep = torch.topk(logits, top_k, dim=1).indices  # exactly k, ties included
-            mask = torch.full_like(logits, float("-inf")).scatter(1, keep, 0.0)
-            logits = logits + mask
+            logits = top_k_logits(logits, top_k)
         return torch.softmax(logits, dim=1).numpy()
 
     def combine(

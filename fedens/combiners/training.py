@@ -97,7 +97,8 @@ def pretrain_router(
         p.requires_grad_(False)
     try:
         torch.manual_seed(seed)
-        loader = DataLoader(combiner_dataset(X_public, P_public, y_public), batch_size=batch_size, shuffle=True)
+        dataset = combiner_dataset(X_public, P_public, y_public)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
         run_epochs(module, torch.optim.Adam(module.router.parameters(), lr=lr), loader, epochs)
     finally:
         for p in frozen:

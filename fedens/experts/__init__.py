@@ -8,9 +8,10 @@ and ``openai_chat`` (:class:`OpenAIChatExpert`).
 
 from fedens.experts.base import Expert, SklearnExpert, expert_outputs, load_experts, save_experts
 from fedens.experts.callable_expert import CallableExpert
+from fedens.experts.cost import count_macs, seconds_per_query, with_costs, with_mac_costs
 from fedens.experts.language_model import CausalLMExpert, load_causal_lm, smollm2_gguf_path
 from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
-from fedens.experts.network import EXPERT_FAMILIES, train_expert_network
+from fedens.experts.network import EXPERT_FAMILIES, train_expert_network, train_generalist_expert
 from fedens.experts.openai_endpoint import OpenAIChatExpert
 from fedens.experts.registry import EXPERTS, make_expert, register_expert
 from fedens.experts.torch_expert import TorchExpert
@@ -24,6 +25,11 @@ __all__ = [
     "save_experts",
     "EXPERT_FAMILIES",
     "train_expert_network",
+    "train_generalist_expert",
+    "count_macs",
+    "seconds_per_query",
+    "with_costs",
+    "with_mac_costs",
     "EXPERTS",
     "register_expert",
     "make_expert",

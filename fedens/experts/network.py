@@ -62,3 +62,15 @@ def train_expert_network(
             SklearnExpert(estimator, num_classes, name=f"{family}-{k}", family=family)
         )
     return experts
+
+
+def train_generalist_expert(
+    public: Split, num_classes: int, seed: int, hidden_layer_sizes: tuple[int, ...] = (256, 256),
+    max_iter: int = 500,
+) -> SklearnExpert:
+    """A larger MLP trained on *all* of the public split: the network's expensive, accurate member
+    (next to cheap specialists, it is what a cascade escalates to)."""
+    estimator = MLPClassifier(hidden_layer_sizes=hidden_layer_sizes, max_iter=max_iter, random_state=seed)
+    estimator.fit(public.X, public.y)
+    size = "x".join(str(h) for h in hidden_layer_sizes)
+    return SklearnExpert(estimator, num_classes, name=f"mlp-{size}-all", family="mlp")
