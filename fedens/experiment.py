@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedens.combiners import GatedEnsemble, MeanCombiner, VoteCombiner, train_gated_ensemble
+from fedens.combiners.training import pretrain_router
 from fedens.data import load_task
 from fedens.data.partition import dirichlet_partition
 from fedens.experts import expert_outputs, save_experts, train_expert_network
@@ -144,6 +145,11 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
     for key in ("combiner.local_epochs", "combiner.batch_size", "combiner.central_epochs"):
         check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check(cfg, "combiner.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "combiner.weights_objective", lambda v: v in ("nll", "score_ce"), "'nll' or 'score_ce'")
+    check(cfg, "combiner.train_top_k",
+          lambda v: v is None or (is_int(v) and 1 <= v <= cfg.experts.num_experts),
+          f"null or an integer in [1, experts.num_experts={cfg.experts.num_experts}]")
+    check(cfg, "combiner.pretrain_epochs", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: off)")
     check(cfg, "combiner.router_input_dim", lambda v: is_int(v) and v >= 0,
            "an integer >= 0 (0: the raw inputs)")
     for key in ("data.public_fraction", "data.test_fraction"):
@@ -178,12 +184,17 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         task.public, task.num_classes, cfg.experts.num_experts, list(cfg.experts.families),
         cfg.experts.specialty_classes, cfg.experts.in_fraction, cfg.experts.out_fraction, cfg.seed,
     )
+    c = cfg.combiner
     try:
         initial = GatedEnsemble.with_public_projection(
-            task.public.X, len(experts), cfg.combiner.router_input_dim, cfg.seed
+            task.public.X, len(experts), c.router_input_dim, cfg.seed,
+            weights_objective=c.weights_objective, train_top_k=c.train_top_k,
         )
     except ValueError as error:
         raise ConfigError(f"invalid combiner.router_input_dim: {error}") from error
+    if c.pretrain_epochs > 0:  # public data: no privacy spent
+        pretrain_router(initial, task.public.X, expert_outputs(experts, task.public.X), task.public.y,
+                        c.pretrain_epochs, float(c.lr), c.batch_size, cfg.seed)
     save_experts(experts, run_dir / "experts.pkl")
     torch.save(initial.state_dict(), run_dir / "initial_combiner.pt")
     for site, records in enumerate(sites):  # in simulation, stands for each site's own disk
