@@ -53,8 +53,15 @@ def epsilon_from_events(
         accountant = PLDAccountant()
     else:
         raise ValueError(f"accounting method must be 'rdp' or 'pld', got {method!r}")
-    for event in events:
-        accountant.compose(event)
+    if method == "rdp":  # RDP adds up: compute each distinct event once, times its count
+        distinct: dict[str, list] = {}
+        for event in events:
+            distinct.setdefault(repr(event), [event, 0])[1] += 1
+        for event, count in distinct.values():
+            accountant.compose(event, count)
+    else:
+        for event in events:
+            accountant.compose(event)
     return float(accountant.get_epsilon(delta))
 
 

@@ -99,3 +99,13 @@ def test_pld_accounting_is_dp_accountings_and_tighter_than_rdp():
     assert pld < epsilon_from_events([event], 1e-5)  # 6.77 < 7.33
     with pytest.raises(ValueError, match="'moments'"):
         epsilon_from_events([event], 1e-5, method="moments")
+
+
+def test_rdp_counts_repeated_events_once_and_matches_sequential_composition():
+
+    a, b = dpsgd_event(1.1, 0.05, 30), dp_accounting.GaussianDpEvent(3.0)
+    events = [a, b, a, a, b, dpsgd_event(1.1, 0.05, 30)]  # the last equals a, as a new object
+    sequential = RdpAccountant()
+    for event in events:
+        sequential.compose(event)
+    assert epsilon_from_events(events, 1e-5) == pytest.approx(sequential.get_epsilon(1e-5), rel=1e-12)
