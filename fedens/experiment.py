@@ -31,6 +31,7 @@ from fedens.federation import layout as L
 from fedens.federation import site_dp
 from fedens.federation.checkpoint import checkpoint_path
 from fedens.federation.client_app import make_client_app
+from fedens.federation.layout import write_atomic
 from fedens.federation.server_app import evaluate_combiner, make_server_app
 from fedens.federation.simulation import run_in_simulation
 from fedens.federation.strategies import STRATEGIES, check_strategy
@@ -160,12 +161,6 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
 
 def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
     return float((proba.argmax(axis=1) == y).mean())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

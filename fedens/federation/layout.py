@@ -149,6 +149,13 @@ def parse_faults(text: str) -> list[tuple[int, int, str]]:
     return faults
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file: readers never see half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Settings given to the app factory, overridden by Flower's run_config."""
     return {**defaults, **dict(overrides)}

@@ -49,8 +49,5 @@ def personalize_site(msg: Message, context: Context, settings: Mapping[str, Any]
     torch.save(model.trainable_state(), ledger_path.parent / "personalized_combiner.pt")
     report = {"site": site, "train_records": len(y), "held_back_records": len(y_held),
               "global": global_scores, "personalized": personal_scores}
-    path = L.personalization_report_path(ledger_path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(path)
+    L.write_atomic(L.personalization_report_path(ledger_path), json.dumps(report, indent=1))
     return Message(RecordDict({"metrics": MetricRecord({"site": site, "personalized": 1})}), reply_to=msg)
