@@ -1,11 +1,18 @@
 """Combiners: rules that turn expert outputs (n, K, C) into one distribution (n, C)."""
 
 from fedens.combiners.base import COMBINERS, MeanCombiner, VoteCombiner, register_combiner
-from fedens.combiners.cascade import CascadeCombiner, choose_grid
+from fedens.combiners.cascade import (
+    CascadeCombiner,
+    choose_grid,
+    confidence_histograms,
+    thresholds_from_histograms,
+)
 from fedens.combiners.gated import GatedEnsemble, mixture_log_likelihood, pooled_score_cross_entropy
-from fedens.combiners.log_linear import LogLinearPool
-from fedens.combiners.stacking import StackingCombiner
-from fedens.combiners.training import pretrain_router, train_gated_ensemble
+from fedens.combiners.log_linear import LogLinearModule, LogLinearPool
+from fedens.combiners.stacking import StackingCombiner, StackingModule
+from fedens.combiners.state import FEDERATED_KINDS, combiner_from_state, combiner_state, load_combiner
+from fedens.combiners.trainable import TrainableCombiner
+from fedens.combiners.training import pretrain_router, train_combiner, train_gated_ensemble
 
 __all__ = [
     "COMBINERS",
@@ -15,10 +22,20 @@ __all__ = [
     "GatedEnsemble",
     "mixture_log_likelihood",
     "pooled_score_cross_entropy",
+    "train_combiner",
     "train_gated_ensemble",
     "pretrain_router",
     "LogLinearPool",
+    "LogLinearModule",
     "StackingCombiner",
+    "StackingModule",
     "CascadeCombiner",
     "choose_grid",
+    "confidence_histograms",
+    "thresholds_from_histograms",
+    "TrainableCombiner",
+    "FEDERATED_KINDS",
+    "combiner_state",
+    "combiner_from_state",
+    "load_combiner",
 ]

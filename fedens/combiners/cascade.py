@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedens.combiners.base import (
     check_expert_outputs,
@@ -123,6 +124,75 @@ def calibrate_per_expert(
     return t, best[0], best[1]
 
 
+def check_grid(grid: Sequence[float]) -> np.ndarray:
+    """A threshold grid as sorted unique values, each in [0, 1]."""
+    g = np.unique(np.asarray(grid, dtype=np.float64))
+    if g.ndim != 1 or g.size == 0:
+        raise ValueError(f"grid must be a non-empty vector of thresholds, got {grid!r}")
+    for t in g:
+        check_threshold(float(t))
+    return g
+
+
+def confidence_histograms(P: np.ndarray, y: np.ndarray, grid: Sequence[float]) -> np.ndarray:
+    """Per expert (index order) and confidence bin: [records, records the expert gets right].
+
+    Shape (K, len(grid) + 1, 2). Bin ``b`` holds the records whose confidence (the
+    expert's max probability) has exactly ``b`` grid values at or below it, so
+    "confidence >= grid[j]" is bins ``j + 1`` onwards. One record adds 1 to one bin's
+    count and at most 1 to its correct count, once per expert.
+    """
+    P = check_expert_outputs(P)
+    y = check_labels(y, P)
+    g = check_grid(grid)
+    bins = np.searchsorted(g, P.max(axis=2), side="right")  # (n, K)
+    correct = (P.argmax(axis=2) == y[:, None]).astype(np.float64)
+    K, B = P.shape[1], len(g) + 1
+    hist = np.zeros((K, B, 2))
+    for k in range(K):
+        hist[k, :, 0] = np.bincount(bins[:, k], minlength=B)
+        hist[k, :, 1] = np.bincount(bins[:, k], weights=correct[:, k], minlength=B)
+    return hist
+
+
+def thresholds_from_histograms(
+    hist: np.ndarray, costs: np.ndarray, grid: Sequence[float], target_accuracy: float | None = None,
+    margin: float = 0.0, min_count: float = 1.0,
+) -> tuple[np.ndarray, float]:
+    """Per-expert thresholds from confidence histograms (:func:`confidence_histograms`,
+    possibly noisy and summed over sites): the calibration both the central and the
+    federated cascade use.
+
+    The *anchor* is the expert with the highest accuracy in the histograms (ties to
+    the cheaper); it always answers and more expensive experts are skipped. Each
+    cheaper expert answers from the lowest grid threshold at which its accuracy on
+    the records at or above it (with at least ``min_count`` of them) reaches the
+    target, else it is skipped (``inf``). The target is ``target_accuracy``, default
+    the anchor's accuracy plus ``margin``. Only the histograms are read: noisy counts
+    (negative ones included) are post-processed here at no privacy cost. Returns
+    (thresholds (K,), target).
+    """
+    g = check_grid(grid)
+    hist = np.asarray(hist, dtype=np.float64)
+    if hist.shape != (len(costs), len(g) + 1, 2):
+        raise ValueError(f"histograms must have shape (K={len(costs)}, {len(g) + 1}, 2), got {hist.shape}")
+    totals = hist.sum(axis=1)
+    accs = totals[:, 1] / np.maximum(totals[:, 0], min_count)
+    K = len(costs)
+    anchor = int(min(range(K), key=lambda k: (-accs[k], costs[k], k)))
+    target = float(accs[anchor] + margin) if target_accuracy is None else float(target_accuracy)
+    tails = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (K, len(g), 2): confidence >= g[j]
+    t = np.full(K, np.inf)
+    t[anchor] = 0.0
+    order = np.argsort(costs, kind="stable")
+    for k in order[: int(np.flatnonzero(order == anchor)[0])]:
+        n, right = tails[k, :, 0], tails[k, :, 1]
+        ok = (n >= min_count) & (right >= target * n)
+        if ok.any():
+            t[k] = g[int(np.argmax(ok))]
+    return t, target
+
+
 def choose_grid(
     P: np.ndarray, y: np.ndarray, costs: np.ndarray, grids: dict[str, np.ndarray] | None = None,
     seed: int = 0,
@@ -191,6 +261,8 @@ class CascadeCombiner:
     >>> c.expert_calls_per_query(P), c.cost_per_query(P)
     (1.5, 3.5)
     """
+
+    kind = "cascade"
 
     def __init__(
         self, costs: Sequence[float] | None = None, threshold: float | Sequence[float] = 1.0
@@ -279,10 +351,7 @@ class CascadeCombiner:
         if max_cost is not None and not (np.isfinite(max_cost) and max_cost > 0):
             raise ValueError(f"max_cost must be finite and > 0, got {max_cost!r}")
         thresholds = np.asarray(DEFAULT_GRID if grid is None else grid, dtype=np.float64)
-        if thresholds.ndim != 1 or thresholds.size == 0:
-            raise ValueError(f"grid must be a non-empty vector of thresholds, got {grid!r}")
-        for t in thresholds:
-            check_threshold(float(t))
+        check_grid(thresholds)
         if costs is not None:
             self.costs = check_costs(costs)
         P = self._nonempty(P_val)
@@ -324,6 +393,39 @@ class CascadeCombiner:
         self.threshold = float(thresholds[best])
         self.validation_accuracy, self.validation_cost = float(acc[best]), float(cost[best])
         return self
+
+    def calibrate_from_histograms(
+        self, hist: np.ndarray, grid: Sequence[float], target_accuracy: float | None = None,
+        margin: float = 0.0, min_count: float = 1.0,
+    ) -> CascadeCombiner:
+        """Per-expert thresholds from (noisy, summed) confidence histograms, by
+        :func:`thresholds_from_histograms`; sets ``target`` too. Returns ``self``."""
+        costs = np.ones(len(hist)) if self.costs is None else self.costs
+        self.threshold, self.target = thresholds_from_histograms(hist, costs, grid, target_accuracy,
+                                                                 margin, min_count)
+        return self
+
+    def calibrate_selective(
+        self, P_val: np.ndarray, y_val: np.ndarray, grid: Sequence[float],
+        target_accuracy: float | None = None, margin: float = 0.0, min_count: float = 1.0,
+    ) -> CascadeCombiner:
+        """Central twin of the federated calibration: the same rule on exact histograms of
+        the validation data (:func:`confidence_histograms`). Returns ``self``."""
+        P = self._nonempty(P_val)
+        check_num_experts(None if self.costs is None else len(self.costs), P, "CascadeCombiner")
+        hist = confidence_histograms(P, y_val, grid)
+        return self.calibrate_from_histograms(hist, grid, target_accuracy, margin, min_count)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Costs and thresholds as tensors (the federation's combiner files; needs costs)."""
+        if self.costs is None:
+            raise ValueError("a cascade's state needs its costs, got costs=None")
+        t = np.broadcast_to(np.asarray(self.threshold, dtype=np.float64), self.costs.shape)
+        return {"costs": torch.as_tensor(self.costs), "threshold": torch.as_tensor(t.copy())}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> CascadeCombiner:
+        return cls(state["costs"].double().numpy(), state["threshold"].double().numpy())
 
     def save(self, path: str | Path) -> None:
         """Write costs (hence the order) and threshold to ``path`` (npz)."""

@@ -30,13 +30,12 @@ renormalised top-k mixture, so training sees the sparse gate.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
 from fedens.combiners.base import check_expert_outputs, register_combiner
+from fedens.combiners.trainable import TrainableCombiner, ones_column
 
 _LOG_FLOOR = 1e-6  # experts such as trees give exact zeros
 OBJECTIVES = ("nll", "score_ce")
@@ -66,7 +65,7 @@ def top_k_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @register_combiner("gated_ensemble")
-class GatedEnsemble(nn.Module):
+class GatedEnsemble(TrainableCombiner):
     """Router and global weights over ``num_experts`` experts.
 
     Parameters
@@ -87,6 +86,8 @@ class GatedEnsemble(nn.Module):
     >>> m.combine(P, X, head="router", top_k=1).shape
     (2, 5)
     """
+
+    kind = "gated_ensemble"
 
     def __init__(
         self,
@@ -169,23 +170,10 @@ class GatedEnsemble(nn.Module):
         model.load_state_dict(state)
         return model
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The trained parameters only: what travels between sites and coordinator
-        (the public projection stays where it is)."""
-        names = {name for name, _ in self.named_parameters()}
-        return {k: v for k, v in self.state_dict().items() if k in names}
-
-    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
-        """Load parameters produced by :meth:`trainable_state`; the keys must match exactly."""
-        expected = {name for name, _ in self.named_parameters()}
-        if set(state) != expected:
-            raise ValueError(f"trainable state must have keys {sorted(expected)}, got {sorted(state)}")
-        self.load_state_dict(state, strict=False)
-
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gate logits of both heads, each (n, K)."""
         router_inputs = (X - self.center) @ self.projection.T
-        return self.router(router_inputs), self.weights(torch.ones(len(X), 1, dtype=X.dtype))
+        return self.router(router_inputs), self.weights(ones_column(len(X), X))
 
     def head_loss(
         self, gate_logits: torch.Tensor, P: torch.Tensor, y: torch.Tensor, head: str = "router"
@@ -229,12 +217,3 @@ class GatedEnsemble(nn.Module):
     @staticmethod
     def expert_calls_per_query(num_experts: int, top_k: int | None = None) -> float:
         return float(num_experts if top_k is None else top_k)
-
-    def save(self, path: str | Path) -> None:
-        """Write the full state (heads and public projection) to ``path`` (torch format)."""
-        torch.save(self.state_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> GatedEnsemble:
-        """Read a GatedEnsemble written by :meth:`save`."""
-        return cls.from_state_dict(torch.load(path, weights_only=True))

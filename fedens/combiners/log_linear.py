@@ -1,12 +1,18 @@
-"""Log-linear (geometric) pool with learned simplex weights."""
+"""Log-linear (geometric) pool with learned simplex weights.
+
+Two forms, one loss: :class:`LogLinearModule` (torch) holds the weight logits
+in an ``nn.Linear`` so Opacus can clip per record, and is what a site trains
+with DP-SGD; :class:`LogLinearPool` (numpy in/out) fits by running that same
+module through :func:`fedens.combiners.training.train_combiner` full-batch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedens.combiners.base import (
     check_expert_outputs,
@@ -17,6 +23,7 @@ from fedens.combiners.base import (
     register_combiner,
     save_arrays,
 )
+from fedens.combiners.trainable import TrainableCombiner, ones_column
 
 
 def check_log_floor(log_floor: float) -> float:
@@ -50,19 +57,77 @@ def softmax_weights(logits: np.ndarray) -> np.ndarray:
     return z / z.sum()
 
 
-def minimise(params: list[torch.Tensor], loss: Callable[[], torch.Tensor], epochs: int, lr: float) -> None:
-    """Full-batch Adam on ``loss()`` for ``epochs`` steps (the learned pools' fit)."""
-    optimizer = torch.optim.Adam(params, lr=lr)
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        value = loss()
-        value.backward()
-        optimizer.step()
-
-
 def floored_log(P: np.ndarray, log_floor: float) -> np.ndarray:
     """``log(max(P, log_floor))`` in float64: finite for exact zeros."""
     return np.log(np.maximum(P.astype(np.float64), log_floor))
+
+
+def full_batch_fit(module: TrainableCombiner, P: np.ndarray, y: np.ndarray, epochs: int, lr: float,
+                   seed: int) -> None:
+    """The pools' central fit: ``epochs`` full-batch Adam steps on ``module.loss`` (the loss a
+    site minimises with DP-SGD), through the shared training loop."""
+    from fedens.combiners.training import train_combiner  # training imports the router module
+
+    check_fit_args(epochs, lr)
+    X = np.zeros((len(y), 0), dtype=np.float32)  # pools do not look at the input
+    train_combiner(module, X, P, y, epochs, lr, batch_size=max(len(y), 1), seed=seed)
+
+
+def check_module_args(num_experts: int, log_floor: float) -> float:
+    check_positive_int(num_experts, "num_experts")
+    return check_log_floor(log_floor)
+
+
+class LogLinearModule(TrainableCombiner):
+    """Torch form of :class:`LogLinearPool`: ``softmax_c(sum_k w_k log max(p_k, floor))``.
+
+    ``weights`` is ``nn.Linear(1, K)`` fed a column of ones, so its weight holds the
+    logits of ``w`` and Opacus computes per-record gradients. Starts uniform.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = LogLinearModule(num_experts=3)
+    >>> P = torch.full((2, 3, 4), 0.25); y = torch.tensor([0, 1])
+    >>> round(float(m.loss(torch.zeros(2, 0), P, y)), 4)  # uniform experts: log 4
+    1.3863
+    """
+
+    kind = "log_linear"
+
+    def __init__(self, num_experts: int, log_floor: float = 1e-6) -> None:
+        super().__init__()
+        self.register_buffer("log_floor", torch.tensor(check_module_args(num_experts, log_floor),
+                                                      dtype=torch.float64))
+        self.weights = nn.Linear(1, num_experts, bias=False)
+        nn.init.zeros_(self.weights.weight)
+
+    def weight_logits(self) -> np.ndarray:
+        return self.weights.weight.detach().double().numpy()[:, 0].copy()
+
+    def log_scores(self, P: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log pool (n, C)."""
+        w = torch.softmax(self.weights(ones_column(len(P), P)), dim=1)
+        return torch.einsum("nk,nkc->nc", w, torch.log(P.clamp_min(float(self.log_floor))))
+
+    def loss(self, X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of ``y`` under the pool (``X`` is ignored)."""
+        return nn.functional.cross_entropy(self.log_scores(P), y)
+
+    @torch.no_grad()
+    def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
+        P = check_expert_outputs(P)
+        return torch.softmax(self.log_scores(torch.as_tensor(P, dtype=torch.float32)), 1).double().numpy()
+
+    @staticmethod
+    def expert_calls_per_query(num_experts: int) -> float:
+        return float(check_positive_int(num_experts, "num_experts"))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> LogLinearModule:
+        model = cls(state["weights.weight"].shape[0], float(state["log_floor"]))
+        model.load_state_dict(state)
+        return model
 
 
 @register_combiner("log_linear")
@@ -122,23 +187,32 @@ class LogLinearPool:
     def fit(
         self, P: np.ndarray, y: np.ndarray, epochs: int = 200, lr: float = 0.05, seed: int = 0
     ) -> LogLinearPool:
-        """Minimise the mean NLL of ``y`` by full-batch Adam on the weight logits.
+        """Minimise the mean NLL of ``y`` by full-batch Adam on the weight logits
+        (:class:`LogLinearModule`'s loss, the one sites train with DP-SGD).
 
         Starts from the current logits (zeros, i.e. uniform, if unset); ``seed``
         seeds torch for reproducibility. Returns ``self``.
         """
         P = check_expert_outputs(P)
         check_num_experts(self.num_experts, P, "LogLinearPool")
-        y_t = torch.as_tensor(check_labels(y, P))
-        check_fit_args(epochs, lr)
-        torch.manual_seed(seed)
-        logP = torch.as_tensor(floored_log(P, self.log_floor))
-        start = np.zeros(P.shape[1]) if self.weight_logits is None else self.weight_logits
-        logits = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        minimise([logits], lambda: torch.nn.functional.cross_entropy(
-            torch.einsum("k,nkc->nc", torch.softmax(logits, 0), logP), y_t), epochs, lr)
-        self.weight_logits = logits.detach().numpy().copy()
+        module = self.to_module(P.shape[1])
+        full_batch_fit(module, P, check_labels(y, P), epochs, lr, seed)
+        self.weight_logits = module.weight_logits()
         return self
+
+    def to_module(self, num_experts: int | None = None) -> LogLinearModule:
+        """This pool as a :class:`LogLinearModule` (uniform if unset: give ``num_experts``)."""
+        module = LogLinearModule(self.num_experts or check_positive_int(num_experts, "num_experts"),
+                                 self.log_floor)
+        if self.weight_logits is not None:
+            with torch.no_grad():
+                module.weights.weight.copy_(torch.as_tensor(self.weight_logits)[:, None])
+        return module
+
+    @classmethod
+    def from_module(cls, module: LogLinearModule) -> LogLinearPool:
+        """The numpy pool with ``module``'s (e.g. federated) weights."""
+        return cls(module.weight_logits(), float(module.log_floor))
 
     def expert_calls_per_query(self, num_experts: int) -> float:
         """Every expert is called for every query (all weights are > 0)."""

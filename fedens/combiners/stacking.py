@@ -1,4 +1,8 @@
-"""Stacking: a linear pool of temperature-scaled experts, fitted by NLL."""
+"""Stacking: a linear pool of temperature-scaled experts, fitted by NLL.
+
+As for the log-linear pool, :class:`StackingModule` (torch, Opacus-ready) holds
+the one loss; :class:`StackingCombiner` (numpy in/out) fits through it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedens.combiners.base import (
     check_expert_outputs,
@@ -17,13 +22,67 @@ from fedens.combiners.base import (
     save_arrays,
 )
 from fedens.combiners.log_linear import (
-    check_fit_args,
     check_log_floor,
+    check_module_args,
     check_vector,
     floored_log,
-    minimise,
+    full_batch_fit,
     softmax_weights,
 )
+from fedens.combiners.trainable import TrainableCombiner, ones_column
+
+
+class StackingModule(TrainableCombiner):
+    """Torch form of :class:`StackingCombiner`: ``sum_k w_k softmax(log max(p_k, floor) / T_k)``.
+
+    Weight logits and log-temperatures are each the weight of an ``nn.Linear(1, K)``
+    fed a column of ones (per-record gradients for Opacus). Starts at uniform
+    weights and unit temperatures.
+    """
+
+    kind = "stacking"
+
+    def __init__(self, num_experts: int, log_floor: float = 1e-6) -> None:
+        super().__init__()
+        self.register_buffer("log_floor", torch.tensor(check_module_args(num_experts, log_floor),
+                                                       dtype=torch.float64))
+        self.weights = nn.Linear(1, num_experts, bias=False)
+        self.log_temperature = nn.Linear(1, num_experts, bias=False)
+        for p in self.parameters():
+            nn.init.zeros_(p)
+
+    def parameters_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight logits, temperatures), each (K,)."""
+        logits, log_t = (m.weight.detach().double().numpy()[:, 0]
+                         for m in (self.weights, self.log_temperature))
+        return logits.copy(), np.exp(log_t)
+
+    def log_mixture(self, P: torch.Tensor) -> torch.Tensor:
+        """Log of the combined distribution (n, C)."""
+        ones = ones_column(len(P), P)
+        log_w, log_t = torch.log_softmax(self.weights(ones), dim=1), self.log_temperature(ones)
+        logP = torch.log(P.clamp_min(float(self.log_floor)))
+        scaled = torch.log_softmax(logP / torch.exp(log_t)[:, :, None], dim=2)
+        return torch.logsumexp(log_w[:, :, None] + scaled, dim=1)
+
+    def loss(self, X: torch.Tensor, P: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of ``y`` (``X`` is ignored)."""
+        return nn.functional.nll_loss(self.log_mixture(P), y)
+
+    @torch.no_grad()
+    def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
+        P = check_expert_outputs(P)
+        return torch.exp(self.log_mixture(torch.as_tensor(P, dtype=torch.float32))).double().numpy()
+
+    @staticmethod
+    def expert_calls_per_query(num_experts: int) -> float:
+        return float(check_positive_int(num_experts, "num_experts"))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> StackingModule:
+        model = cls(state["weights.weight"].shape[0], float(state["log_floor"]))
+        model.load_state_dict(state)
+        return model
 
 
 @register_combiner("stacking")
@@ -102,31 +161,33 @@ class StackingCombiner:
     def fit(
         self, P: np.ndarray, y: np.ndarray, epochs: int = 200, lr: float = 0.05, seed: int = 0
     ) -> StackingCombiner:
-        """Minimise the mean NLL of ``y`` by full-batch Adam on weight logits and log-temperatures.
+        """Minimise the mean NLL of ``y`` by full-batch Adam on weight logits and log-temperatures
+        (:class:`StackingModule`'s loss, the one sites train with DP-SGD).
 
         Starts from the current parameters (uniform, unit temperature if unset).
         Returns ``self``.
         """
         P = check_expert_outputs(P)
         check_num_experts(self.num_experts, P, "StackingCombiner")
-        y_t = torch.as_tensor(check_labels(y, P))
-        check_fit_args(epochs, lr)
-        torch.manual_seed(seed)
-        logP = torch.as_tensor(floored_log(P, self.log_floor))
-        w0, t0 = self._params(P.shape[1])
-        logits = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
-        log_t = torch.tensor(np.log(t0), dtype=torch.float64, requires_grad=True)
-        rows = torch.arange(len(y_t))
-
-        def nll() -> torch.Tensor:
-            log_scaled = torch.log_softmax(logP / torch.exp(log_t)[None, :, None], dim=2)
-            mix = torch.log_softmax(logits, 0)[None, :] + log_scaled[rows, :, y_t]
-            return -torch.logsumexp(mix, dim=1).mean()
-
-        minimise([logits, log_t], nll, epochs, lr)
-        self.weight_logits = logits.detach().numpy().copy()
-        self.temperatures = np.exp(log_t.detach().numpy())
+        module = self.to_module(P.shape[1])
+        full_batch_fit(module, P, check_labels(y, P), epochs, lr, seed)
+        self.weight_logits, self.temperatures = module.parameters_numpy()
         return self
+
+    def to_module(self, num_experts: int | None = None) -> StackingModule:
+        """This combiner as a :class:`StackingModule` (defaults if unset: give ``num_experts``)."""
+        K = self.num_experts or check_positive_int(num_experts, "num_experts")
+        module = StackingModule(K, self.log_floor)
+        logits, temps = self._params(K)
+        with torch.no_grad():
+            module.weights.weight.copy_(torch.as_tensor(logits)[:, None])
+            module.log_temperature.weight.copy_(torch.as_tensor(np.log(temps))[:, None])
+        return module
+
+    @classmethod
+    def from_module(cls, module: StackingModule) -> StackingCombiner:
+        """The numpy combiner with ``module``'s (e.g. federated) parameters."""
+        return cls(*module.parameters_numpy(), log_floor=float(module.log_floor))
 
     def expert_calls_per_query(self, num_experts: int) -> float:
         """Every expert is called for every query (all weights are > 0)."""

@@ -7,12 +7,15 @@ optimizer and data loader already wrapped by Opacus (``fedens.privacy``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedens.combiners.gated import GatedEnsemble
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def combiner_dataset(X: np.ndarray, P: np.ndarray, y: np.ndarray) -> TensorDataset:
@@ -57,8 +60,8 @@ def make_optimizer(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(module.parameters(), lr=lr)
 
 
-def train_gated_ensemble(
-    module: GatedEnsemble,
+def train_combiner(
+    module: M,
     X: np.ndarray,
     P: np.ndarray,
     y: np.ndarray,
@@ -66,12 +69,16 @@ def train_gated_ensemble(
     lr: float,
     batch_size: int,
     seed: int,
-) -> GatedEnsemble:
-    """Non-private central training of ``module``: the reference a federated run is compared to."""
+) -> M:
+    """Non-private central training of a learned combiner (its ``loss``): the reference a
+    federated run is compared to, and (with ``batch_size = len(y)``) the pools' full-batch fit."""
     torch.manual_seed(seed)
     loader = DataLoader(combiner_dataset(X, P, y), batch_size=batch_size, shuffle=True)
     run_epochs(module, make_optimizer(module, lr), loader, epochs)
     return module
+
+
+train_gated_ensemble = train_combiner  # the name it had when the router was the only learned combiner
 
 
 def pretrain_router(
