@@ -22,17 +22,27 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from fedens.combiners import GatedEnsemble, MeanCombiner, VoteCombiner, train_gated_ensemble
-from fedens.combiners.training import pretrain_router
+from fedens.combiners import (
+    CascadeCombiner,
+    GatedEnsemble,
+    LogLinearModule,
+    MeanCombiner,
+    StackingModule,
+    VoteCombiner,
+    combiner_state,
+)
+from fedens.combiners.cascade import GRIDS
+from fedens.combiners.training import pretrain_router, train_combiner
 from fedens.data import load_task
 from fedens.data.partition import dirichlet_partition
-from fedens.experts import expert_outputs, save_experts, train_expert_network
+from fedens.experts import count_macs, expert_outputs, save_experts, train_expert_network
 from fedens.federation import layout as L
 from fedens.federation import site_dp
+from fedens.federation.cascade_release import score
 from fedens.federation.checkpoint import checkpoint_path
 from fedens.federation.client_app import make_client_app
 from fedens.federation.layout import write_atomic
-from fedens.federation.server_app import evaluate_combiner, make_server_app
+from fedens.federation.server_app import evaluate_model, make_server_app
 from fedens.federation.simulation import run_in_simulation
 from fedens.federation.strategies import STRATEGIES, check_strategy
 from fedens.privacy import PrivacyLedger
@@ -65,6 +75,10 @@ def is_num(v: Any) -> bool:
 
 
 KINDS = ("gated_ensemble", "pate")
+#: combiners the quickstart federates (combiner=<name>): trained by DP-SGD rounds, or (cascade)
+#: calibrated from one DP histogram release
+FEDERATED_COMBINERS = ("gated_ensemble", "log_linear", "stacking", "cascade")
+POOLS = {"log_linear": LogLinearModule, "stacking": StackingModule}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -141,11 +155,31 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
         check(cfg, "privacy.site_level.clipped_count_stddev", lambda v: not problem,
                f"a value that lets adaptive clipping split the noise: {problem}")
     check(cfg, "experts.num_experts", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    check(cfg, "combiner.top_k", lambda v: is_int(v) and 1 <= v <= cfg.experts.num_experts,
-           f"an integer in [1, experts.num_experts={cfg.experts.num_experts}]")
+    check(cfg, "combiner.name", lambda v: v in FEDERATED_COMBINERS, f"one of {list(FEDERATED_COMBINERS)}")
+    validate_combiner(cfg)
+    for key in ("data.public_fraction", "data.test_fraction"):
+        check(cfg, key, lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
+    check(cfg, "data.test_fraction", lambda v: v + cfg.data.public_fraction < 1,
+           f"public_fraction + test_fraction < 1 (public_fraction={cfg.data.public_fraction})")
+
+
+def validate_combiner(cfg: DictConfig) -> None:
+    """The chosen combiner's own keys (conf/combiner/<name>.yaml)."""
+    name = cfg.combiner.name
+    if name == "cascade":
+        check(cfg, "combiner.costs", lambda v: v in ("macs", "uniform"), "'macs' or 'uniform'")
+        check(cfg, "combiner.grid", lambda v: v in GRIDS, f"one of {list(GRIDS)}")
+        check(cfg, "combiner.target_margin", lambda v: is_num(v) and -1 < v < 1, "a number in (-1, 1)")
+        check(cfg, "combiner.min_count", lambda v: is_num(v) and v > 0, "a number > 0")
+        return
     for key in ("combiner.local_epochs", "combiner.batch_size", "combiner.central_epochs"):
         check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check(cfg, "combiner.lr", lambda v: is_num(v) and v > 0, "a number > 0")
+    if name in POOLS:
+        check(cfg, "combiner.log_floor", lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
+        return
+    check(cfg, "combiner.top_k", lambda v: is_int(v) and 1 <= v <= cfg.experts.num_experts,
+           f"an integer in [1, experts.num_experts={cfg.experts.num_experts}]")
     check(cfg, "combiner.weights_objective", lambda v: v in ("nll", "score_ce"), "'nll' or 'score_ce'")
     check(cfg, "combiner.train_top_k",
           lambda v: v is None or (is_int(v) and 1 <= v <= cfg.experts.num_experts),
@@ -153,10 +187,6 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
     check(cfg, "combiner.pretrain_epochs", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: off)")
     check(cfg, "combiner.router_input_dim", lambda v: is_int(v) and v >= 0,
            "an integer >= 0 (0: the raw inputs)")
-    for key in ("data.public_fraction", "data.test_fraction"):
-        check(cfg, key, lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)")
-    check(cfg, "data.test_fraction", lambda v: v + cfg.data.public_fraction < 1,
-           f"public_fraction + test_fraction < 1 (public_fraction={cfg.data.public_fraction})")
 
 
 def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
@@ -179,19 +209,9 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         task.public, task.num_classes, cfg.experts.num_experts, list(cfg.experts.families),
         cfg.experts.specialty_classes, cfg.experts.in_fraction, cfg.experts.out_fraction, cfg.seed,
     )
-    c = cfg.combiner
-    try:
-        initial = GatedEnsemble.with_public_projection(
-            task.public.X, len(experts), c.router_input_dim, cfg.seed,
-            weights_objective=c.weights_objective, train_top_k=c.train_top_k,
-        )
-    except ValueError as error:
-        raise ConfigError(f"invalid combiner.router_input_dim: {error}") from error
-    if c.pretrain_epochs > 0:  # public data: no privacy spent
-        pretrain_router(initial, task.public.X, expert_outputs(experts, task.public.X), task.public.y,
-                        c.pretrain_epochs, float(c.lr), c.batch_size, cfg.seed)
+    initial = initial_combiner(cfg, task, experts)
     save_experts(experts, run_dir / "experts.pkl")
-    torch.save(initial.state_dict(), run_dir / "initial_combiner.pt")
+    torch.save(combiner_state(initial), run_dir / "initial_combiner.pt")
     for site, records in enumerate(sites):  # in simulation, stands for each site's own disk
         L.site_dir(run_dir, site).mkdir(parents=True, exist_ok=True)
         np.savez(L.site_dir(run_dir, site) / "data.npz",
@@ -201,19 +221,57 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"task": task, "sites": sites, "experts": experts, "initial": initial}
 
 
-def _baselines(
-    cfg: DictConfig, task: Any, experts: list, initial: GatedEnsemble
-) -> dict[str, float]:
+def initial_combiner(cfg: DictConfig, task: Any, experts: list) -> Any:
+    """The combiner every site starts from, built from public data only (config: combiner)."""
+    c, K = cfg.combiner, len(experts)
+    if c.name in POOLS:
+        return POOLS[c.name](K, float(c.log_floor))
+    if c.name == "cascade":
+        return CascadeCombiner([float(count_macs(e)) if c.costs == "macs" else 1.0 for e in experts])
+    try:
+        initial = GatedEnsemble.with_public_projection(
+            task.public.X, K, c.router_input_dim, cfg.seed,
+            weights_objective=c.weights_objective, train_top_k=c.train_top_k,
+        )
+    except ValueError as error:
+        raise ConfigError(f"invalid combiner.router_input_dim: {error}") from error
+    if c.pretrain_epochs > 0:  # public data: no privacy spent
+        pretrain_router(initial, task.public.X, expert_outputs(experts, task.public.X), task.public.y,
+                        c.pretrain_epochs, float(c.lr), c.batch_size, cfg.seed)
+    return initial
+
+
+def central_reference(cfg: DictConfig, task: Any, experts: list, initial: Any, P_test: np.ndarray
+                      ) -> dict[str, float]:
+    """The chosen combiner trained (or calibrated) centrally, non-privately, on all private
+    records with the same code the sites run: its test scores."""
+    c, y = cfg.combiner, task.test.y
+    P_private = expert_outputs(experts, task.private.X)
+    if c.name == "cascade":
+        model = copy.deepcopy(initial).calibrate_selective(
+            P_private, task.private.y, GRIDS[c.grid], margin=float(c.target_margin),
+            min_count=float(c.min_count))
+        accuracy, nll = score(model.combine(P_test), y)
+        return {"central_nonprivate_accuracy": accuracy, "central_nonprivate_nll": nll,
+                "central_nonprivate_expert_calls_per_query": model.expert_calls_per_query(P_test)}
+    model = train_combiner(copy.deepcopy(initial), task.private.X, P_private, task.private.y,
+                           c.central_epochs, float(c.lr), c.batch_size, cfg.seed)
+    scores = evaluate_model(model, P_test, task.test.X, y, c.get("top_k", 1))
+    if c.name != "gated_ensemble":
+        return {"central_nonprivate_accuracy": scores["accuracy"], "central_nonprivate_nll": scores["nll"]}
+    return {"central_nonprivate_accuracy": scores["router_accuracy"],
+            "central_nonprivate_nll": scores["router_nll"],
+            "central_nonprivate_router_accuracy": scores["router_accuracy"],
+            "central_nonprivate_router_topk_accuracy": scores["router_topk_accuracy"],
+            "central_nonprivate_weights_accuracy": scores["weights_accuracy"]}
+
+
+def _baselines(cfg: DictConfig, task: Any, experts: list, initial: Any) -> dict[str, float]:
     from sklearn.neural_network import MLPClassifier
 
     y = task.test.y
     P = expert_outputs(experts, task.test.X)
     singles = [_accuracy(P[:, k], y) for k in range(P.shape[1])]
-    central_router = train_gated_ensemble(
-        copy.deepcopy(initial), task.private.X, expert_outputs(experts, task.private.X), task.private.y,
-        cfg.combiner.central_epochs, cfg.combiner.lr, cfg.combiner.batch_size, cfg.seed,
-    )
-    central_scores = evaluate_combiner(central_router, P, task.test.X, y, cfg.combiner.top_k)
     X_all = np.concatenate([task.public.X, task.private.X])
     y_all = np.concatenate([task.public.y, task.private.y])
     central_model = MLPClassifier((64,), max_iter=2000, random_state=cfg.seed).fit(X_all, y_all)
@@ -222,9 +280,7 @@ def _baselines(
         "mean_single_expert_accuracy": float(np.mean(singles)),
         "uniform_mean_accuracy": _accuracy(MeanCombiner().combine(P), y),
         "plurality_vote_accuracy": _accuracy(VoteCombiner().combine(P), y),
-        "central_nonprivate_router_accuracy": central_scores["router_accuracy"],
-        "central_nonprivate_router_topk_accuracy": central_scores["router_topk_accuracy"],
-        "central_nonprivate_weights_accuracy": central_scores["weights_accuracy"],
+        **central_reference(cfg, task, experts, initial, P),
         "centralized_reference_accuracy": float(central_model.score(task.test.X, y)),
     }
     return baselines
@@ -232,15 +288,29 @@ def _baselines(
 
 def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """The apps' settings (run_config keys) for this experiment."""
+    c = cfg.combiner
+    if c.name == "cascade":  # calibrated from one histogram release: no training keys
+        return {**_common_settings(cfg, run_dir, resume), L.HOLDOUT: 0.0, L.NUM_ROUNDS: 1, L.TOP_K: 1,
+                L.CASCADE_GRID: json.dumps(GRIDS[c.grid].tolist()),
+                L.CASCADE_MARGIN: float(c.target_margin), L.CASCADE_MIN_COUNT: float(c.min_count)}
+    return {
+        **_common_settings(cfg, run_dir, resume),
+        L.LOCAL_EPOCHS: c.local_epochs,
+        L.BATCH_SIZE: c.batch_size,
+        L.LEARNING_RATE: float(c.lr),
+        L.TOP_K: c.get("top_k", 1),
+        # personalisation fine-tunes the router; other combiners train on all of a site's records
+        L.HOLDOUT: float(cfg.federation.personalization.holdout) if c.name == "gated_ensemble" else 0.0,
+    }
+
+
+def _common_settings(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     return {
         L.RUN_DIR: str(run_dir),
         L.EXPERTS_PATH: str(run_dir / "experts.pkl"),
         L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
         L.NUM_SITES: cfg.federation.num_sites,
         L.NUM_ROUNDS: cfg.federation.num_rounds,
-        L.LOCAL_EPOCHS: cfg.combiner.local_epochs,
-        L.BATCH_SIZE: cfg.combiner.batch_size,
-        L.LEARNING_RATE: float(cfg.combiner.lr),
         L.TARGET_EPSILON: float(cfg.privacy.epsilon),
         L.BUDGET_EPSILON: float(cfg.privacy.budget),
         L.DELTA: float(cfg.privacy.delta),
@@ -249,7 +319,6 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
         L.MIN_SITES: cfg.federation.min_sites,
         L.MIN_REPLIES: cfg.federation.min_replies,
         L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
-        L.TOP_K: cfg.combiner.top_k,
         L.SEED: cfg.seed,
         L.SITE_DP_MODE: cfg.privacy.site_level.mode,
         L.SITE_DP_NOISE: float(cfg.privacy.site_level.noise_multiplier),
@@ -260,7 +329,6 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
         L.CHECKPOINT_EVERY: cfg.federation.checkpoint_every,
         L.RESUME: resume,
         L.INJECT_FAULTS: cfg.federation.inject_faults or "",
-        L.HOLDOUT: float(cfg.federation.personalization.holdout),
         L.PERSONAL_EPOCHS: cfg.federation.personalization.epochs,
     }
 
@@ -269,26 +337,41 @@ def _federate(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str,
     strategy = cfg.federation.strategy
     settings = federation_settings(cfg, run_dir, resume)
 
+    name = cfg.combiner.name
+
     def progress(row: dict[str, Any]) -> None:
-        if row["round"] == 0:
-            console.print(f"round  0/{row['num_rounds']}  router {row['router_accuracy']:.3f} "
-                          f"(initial: uniform gate)")
+        if name == "cascade":
+            console.print(f"cascade  thresholds from {row['sites_reporting']} sites' noisy histograms: "
+                          f"accuracy {row['accuracy']:.3f}, {row['expert_calls_per_query']:.2f} expert "
+                          f"calls / query, ε_max {row['epsilon_max']:.2f}")
+        elif row["round"] == 0:
+            start = row["router_accuracy"] if name == "gated_ensemble" else row["accuracy"]
+            console.print(f"round  0/{row['num_rounds']}  {name} {start:.3f} (initial: uniform)")
             return
-        console.print(
-            f"round {row['round']:2d}/{row['num_rounds']}  router {row['router_accuracy']:.3f}  "
-            f"top-{cfg.combiner.top_k} {row['router_topk_accuracy']:.3f}  "
-            f"weights {row['weights_accuracy']:.3f}  sites {row['sites_reporting']}  "
-            f"ε_max {row['epsilon_max']:.2f}  [{row['elapsed_s']:.0f} s]"
-        )
+        elif name == "gated_ensemble":
+            console.print(
+                f"round {row['round']:2d}/{row['num_rounds']}  router {row['router_accuracy']:.3f}  "
+                f"top-{cfg.combiner.top_k} {row['router_topk_accuracy']:.3f}  "
+                f"weights {row['weights_accuracy']:.3f}  sites {row['sites_reporting']}  "
+                f"ε_max {row['epsilon_max']:.2f}  [{row['elapsed_s']:.0f} s]"
+            )
+        else:
+            console.print(
+                f"round {row['round']:2d}/{row['num_rounds']}  {name} {row['accuracy']:.3f} "
+                f"(NLL {row['nll']:.3f})  sites {row['sites_reporting']}  "
+                f"ε_max {row['epsilon_max']:.2f}  [{row['elapsed_s']:.0f} s]"
+            )
         for f in row["failures"]:
             who = f"site {f['site']}" if f["site"] is not None else f"node {f['node']}"
             console.print(f"          {who} failed ({f['kind']}): {f['reason']}")
 
     backend = cfg.federation.backend
+    plan = ("one noisy-histogram release, Gaussian mechanism" if name == "cascade" else
+            f"{cfg.federation.num_rounds} {strategy.name} rounds of {name}, DP-SGD")
     console.print(
-        f"federation  Flower {backend}: {cfg.federation.num_sites} sites, "
-        f"{cfg.federation.num_rounds} {strategy.name} rounds, DP-SGD target ε={cfg.privacy.epsilon:g} "
-        f"at δ={cfg.privacy.delta:g} per site" + (f"; resuming {run_dir}" if resume else "")
+        f"federation  Flower {backend}: {cfg.federation.num_sites} sites, {plan}, target "
+        f"ε={cfg.privacy.epsilon:g} at δ={cfg.privacy.delta:g} per site"
+        + (f"; resuming {run_dir}" if resume else "")
     )
     if backend == "deployment":  # the same apps, shipped by `flwr run` to a running SuperLink
         from fedens.federation.deployment import run_in_deployment
@@ -329,8 +412,8 @@ def site_ledger_summaries(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str,
 def site_personalization(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """Per site: router accuracy on its held-back records, global vs personalised, from the
     comparison each site keeps in its own folder (simulation: all are in the run directory)."""
-    if cfg.federation.personalization.holdout <= 0:
-        return None
+    if cfg.federation.personalization.holdout <= 0 or cfg.combiner.name != "gated_ensemble":
+        return None  # only the router is personalised
     per_site = {}
     for site in range(cfg.federation.num_sites):
         path = L.personalization_report_path(L.site_dir(run_dir, site) / "ledger.sqlite")
@@ -380,7 +463,8 @@ def _privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> d
         "per_site": per_site,
         "rounds_refused": sum(s.get("refusals", 0) for s in per_site.values()),
         "accounting": "rdp-data-independent",
-        "mechanism": "dp-sgd (opacus), record-level, per site",
+        "mechanism": ("gaussian noisy confidence histograms (cascade calibration), record-level, per site"
+                      if cfg.combiner.name == "cascade" else "dp-sgd (opacus), record-level, per site"),
         "site_level": rounds["site_level"],
     }
 
@@ -394,7 +478,7 @@ def _write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float], top_k: int) -> None:
+def _plot(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float], top_k: int, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -402,11 +486,14 @@ def _plot(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float], t
 
     rounds = [r["round"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(rounds, [r["router_accuracy"] for r in rows], "o-", label="router (dense), DP")
-    ax.plot(rounds, [r["router_topk_accuracy"] for r in rows], "s--", label=f"router top-{top_k}, DP")
-    ax.plot(rounds, [r["weights_accuracy"] for r in rows], "^-", label="learned weights, DP")
+    if name == "gated_ensemble":
+        ax.plot(rounds, [r["router_accuracy"] for r in rows], "o-", label="router (dense), DP")
+        ax.plot(rounds, [r["router_topk_accuracy"] for r in rows], "s--", label=f"router top-{top_k}, DP")
+        ax.plot(rounds, [r["weights_accuracy"] for r in rows], "^-", label="learned weights, DP")
+    else:
+        ax.plot(rounds, [r["accuracy"] for r in rows], "o-", label=f"{name}, DP")
     for key, style in (("centralized_reference_accuracy", "k-"),
-                       ("central_nonprivate_router_accuracy", "g:"),
+                       ("central_nonprivate_accuracy", "g:"),
                        ("uniform_mean_accuracy", "b:"),
                        ("best_single_expert_accuracy", "r:")):
         ax.axhline(baselines[key], linestyle=style[1:], color=style[0],
@@ -420,29 +507,56 @@ def _plot(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float], t
     plt.close(fig)
 
 
+def _metrics_and_cost(cfg: DictConfig, final: dict[str, Any], K: int) -> dict[str, dict[str, Any]]:
+    """results.json's "metrics" and "cost": the federated combiner's test scores (for the
+    router: the dense router's, the other heads beside them) and its expert calls per query."""
+    name = cfg.combiner.name
+    if name == "gated_ensemble":
+        return {
+            "metrics": {"test_accuracy": final["router_accuracy"], "test_nll": final["router_nll"],
+                        "router_topk_accuracy": final["router_topk_accuracy"],
+                        "weights_accuracy": final["weights_accuracy"], "weights_nll": final["weights_nll"]},
+            "cost": {"num_experts": K, "expert_calls_per_query": GatedEnsemble.expert_calls_per_query(K),
+                     "expert_calls_per_query_topk": GatedEnsemble.expert_calls_per_query(
+                         K, cfg.combiner.top_k)},
+        }
+    cost = {"num_experts": K, "expert_calls_per_query": float(final.get("expert_calls_per_query", K))}
+    if name == "cascade":
+        cost["cost_per_query"] = final["cost_per_query"]
+        cost["cost_unit"] = "multiply-accumulates" if cfg.combiner.costs == "macs" else "calls"
+    return {"metrics": {"test_accuracy": final["accuracy"], "test_nll": final["nll"]}, "cost": cost}
+
+
 def _print_table(results: dict[str, Any], top_k: int) -> None:
     b, m = results["baselines"], results["metrics"]
     table = Table(title=f"fedens {results['experiment']}: test accuracy")
     table.add_column("combiner")
     table.add_column("accuracy", justify="right")
     table.add_column("expert calls / query", justify="right")
-    K = results["cost"]["num_experts"]
-    for label, value, calls in (
+    K, name = results["cost"]["num_experts"], results["combiner"]
+    calls = results["cost"]["expert_calls_per_query"]
+    if name == "gated_ensemble":
+        learned = [("learned weights (federated, DP)", m["weights_accuracy"], K),
+                   ("router dense (federated, DP)", m["test_accuracy"], K),
+                   (f"router top-{top_k} (federated, DP)", m["router_topk_accuracy"], top_k),
+                   ("router dense (central, non-private)", b["central_nonprivate_router_accuracy"], K)]
+    else:
+        learned = [(f"{name} (federated, DP)", m["test_accuracy"], f"{calls:.2f}"),
+                   (f"{name} (central, non-private)", b["central_nonprivate_accuracy"],
+                    f"{b.get('central_nonprivate_expert_calls_per_query', K):.2f}")]
+    for label, value, n_calls in (
         ("best single expert", b["best_single_expert_accuracy"], 1),
         ("mean single expert", b["mean_single_expert_accuracy"], 1),
         ("uniform mean", b["uniform_mean_accuracy"], K),
         ("plurality vote", b["plurality_vote_accuracy"], K),
-        ("learned weights (federated, DP)", m["weights_accuracy"], K),
-        ("router dense (federated, DP)", m["test_accuracy"], K),
-        (f"router top-{top_k} (federated, DP)", m["router_topk_accuracy"], top_k),
-        ("router dense (central, non-private)", b["central_nonprivate_router_accuracy"], K),
+        *learned,
         ("centralized model on all data", b["centralized_reference_accuracy"], "-"),
     ):
-        table.add_row(label, f"{value:.3f}", str(calls))
+        table.add_row(label, f"{value:.3f}", str(n_calls))
     console.print(table)
     p, personal = results["privacy"], (results.get("personalization") or {}).get("per_site", {})
-    sites = Table(title=f"per site: privacy (δ={p['delta']:g}, {p['accounting']}) and router accuracy "
-                        "on its own held-back records")
+    sites = Table(title=f"per site: privacy (δ={p['delta']:g}, {p['accounting']})"
+                        + (" and router accuracy on its own held-back records" if personal else ""))
     for col in ("site", "ε spent", "budget", "ε (opacus cross-check)", "σ", "global", "personalised"):
         sites.add_column(col, justify="right")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -465,6 +579,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
     validate(cfg)
     if resume and cfg.kind != "gated_ensemble":
         raise ConfigError(f"resume is not supported for kind={cfg.kind!r}: expected gated_ensemble")
+    if resume and cfg.combiner.name == "cascade":
+        raise ConfigError("resume is not supported for combiner.name='cascade': expected a trained combiner "
+                          "(its calibration is one release, rerun it)")
     if resume and not checkpoint_path(run_dir).is_file():
         raise ConfigError(f"cannot resume {run_dir}: no checkpoint at {checkpoint_path(run_dir)} "
                           "(the run has not completed a round)")
@@ -487,12 +604,12 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
     baselines = _baselines(cfg, task, experts, prepared["initial"])
     console.print(
         f"experts  {len(experts)} trained; best single {baselines['best_single_expert_accuracy']:.3f}, "
-        f"uniform mean {baselines['uniform_mean_accuracy']:.3f}, central non-private router "
-        f"{baselines['central_nonprivate_router_accuracy']:.3f}"
+        f"uniform mean {baselines['uniform_mean_accuracy']:.3f}, central non-private "
+        f"{'router' if cfg.combiner.name == 'gated_ensemble' else cfg.combiner.name} "
+        f"{baselines['central_nonprivate_accuracy']:.3f}"
     )
     rounds = _federate(cfg, run_dir, resume=resume)
-    final = rounds["rounds"][-1]
-    K = len(experts)
+    final, K, name = rounds["rounds"][-1], len(experts), cfg.combiner.name
     results = {
         "schema": SCHEMA_VERSION,
         "experiment": cfg.name,
@@ -504,19 +621,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
             "partition": f"dirichlet({cfg.partition.alpha:g})",
             "site_sizes": [len(s) for s in prepared["sites"]],
         },
-        "metrics": {
-            "test_accuracy": final["router_accuracy"],
-            "test_nll": final["router_nll"],
-            "router_topk_accuracy": final["router_topk_accuracy"],
-            "weights_accuracy": final["weights_accuracy"],
-            "weights_nll": final["weights_nll"],
-        },
+        "combiner": cfg.combiner.name,
+        **_metrics_and_cost(cfg, final, K),
         "baselines": baselines,
-        "cost": {
-            "num_experts": K,
-            "expert_calls_per_query": GatedEnsemble.expert_calls_per_query(K),
-            "expert_calls_per_query_topk": GatedEnsemble.expert_calls_per_query(K, cfg.combiner.top_k),
-        },
         "privacy": {
             **_privacy_report(cfg, run_dir, rounds),
             "queries_answered": len(task.test),
@@ -533,11 +640,14 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
             "failures": {r: f for r, f in rounds["failures"].items() if f},
             "resumed": resume,
         },
-        "timing": {"wall_s": time.monotonic() - started, "rounds": cfg.federation.num_rounds},
+        "timing": {"wall_s": time.monotonic() - started,
+                   "rounds": 1 if name == "cascade" else cfg.federation.num_rounds},
     }
+    if name == "cascade":
+        results["cascade"] = rounds["cascade"]
     _write_metrics_csv(run_dir / "metrics.csv", rounds["rounds"])
-    _plot(run_dir / "accuracy.png", rounds["rounds"], baselines, cfg.combiner.top_k)
+    _plot(run_dir / "accuracy.png", rounds["rounds"], baselines, cfg.combiner.get("top_k", 1), name)
     write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
-    _print_table(results, cfg.combiner.top_k)
+    _print_table(results, cfg.combiner.get("top_k", 1))
     console.print(f"results  {run_dir / 'results.json'}  ({results['timing']['wall_s']:.1f} s)")
     return results

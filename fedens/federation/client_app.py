@@ -1,7 +1,8 @@
 """The site's ClientApp: local DP-SGD on the learned combiner; only parameters leave.
 
-A site reads only its own files: its private data (``data-path``), the shared
-experts and its privacy ledger (``ledger-path``). What it replies is the
+A site reads only its own files: its private data (``data-path``), its privacy
+ledger (``ledger-path``) and its copies of the shared experts and initial combiner,
+which the coordinator ships (:mod:`fedens.federation.shipping`). What it replies is the
 combiner's parameters and metrics (examples used, loss, epsilon spent).
 """
 
@@ -19,11 +20,11 @@ from flwr.clientapp import ClientApp
 
 from fedens.combiners import GatedEnsemble
 from fedens.combiners.training import combiner_dataset, make_optimizer, run_epochs
-from fedens.experts import expert_outputs
 from fedens.federation import layout as L
-from fedens.federation import site_dp
-from fedens.federation.personalization import personalize_site
-from fedens.federation.site_data import initial_combiner, shared_experts, site_records
+from fedens.federation import shipping, site_dp
+from fedens.federation.cascade_release import answer_histograms
+from fedens.federation.site_cache import site_expert_outputs
+from fedens.federation.site_data import initial_combiner, site_records
 from fedens.privacy import BudgetExceeded, PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
 
@@ -68,7 +69,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
     server_round = int(config["server-round"])
     _drill(s, site, server_round)
     (X, y), _ = site_records(s, data_path, site)
-    P = expert_outputs(shared_experts(s, context.node_config), X)
+    P = site_expert_outputs(s, context.node_config, X)
 
     batch_size, epochs = int(s[L.BATCH_SIZE]), int(s[L.LOCAL_EPOCHS])
     delta = float(s[L.DELTA])
@@ -152,12 +153,6 @@ def _proximal_pull(model: GatedEnsemble, mu: float, lr: float) -> Callable[[], N
     return pull
 
 
-def site_number(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
-    """The roll call: which site this node is (a number from its node_config, no data)."""
-    site, _, _ = L.site_paths(L.merged(settings, context.run_config), context.node_config)
-    return Message(RecordDict({"metrics": MetricRecord({"site": site})}), reply_to=msg)
-
-
 def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
     """The site's ClientApp; ``settings`` are defaults that ``run_config`` overrides."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
@@ -166,14 +161,24 @@ def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return train_site(msg, context, defaults)
+        return shipping.handle(train_site, msg, context, defaults)
 
     @app.evaluate()
     def personalize(msg: Message, context: Context) -> Message:
-        return personalize_site(msg, context, defaults)
+        from fedens.federation.personalization import personalize_site  # loads the experts
+
+        return shipping.handle(personalize_site, msg, context, defaults)
 
     @app.query("site")
     def roll_call(msg: Message, context: Context) -> Message:
-        return site_number(msg, context, defaults)
+        return shipping.answer_roll_call(msg, context, defaults)
+
+    @app.query("ship")  # shipping.SHIP: the shared files the site lacks
+    def receive_shared_files(msg: Message, context: Context) -> Message:
+        return shipping.receive(msg, context, defaults)
+
+    @app.query("cascade")  # L.CASCADE_HISTOGRAMS: the cascade's DP calibration statistics
+    def cascade_histograms(msg: Message, context: Context) -> Message:
+        return shipping.handle(answer_histograms, msg, context, defaults)
 
     return app

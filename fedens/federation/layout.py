@@ -44,6 +44,11 @@ SITE_DP_NOISE = "site-dp-noise-multiplier"
 SITE_DP_CLIP = "site-dp-clipping-norm"
 SITE_DP_COUNT_STDDEV = "site-dp-clipped-count-stddev"  # <= 0: Flower's default, sites / 20
 
+# Cascade calibration (the combiner's kind is the tag in the initial-combiner file).
+CASCADE_GRID = "cascade-grid"  # JSON list: thresholds, also the confidence bins' edges
+CASCADE_MARGIN = "cascade-target-margin"  # target = best single expert's (noisy) accuracy + margin
+CASCADE_MIN_COUNT = "cascade-min-count"  # noisy records needed above a threshold to trust its accuracy
+
 # PATE run settings.
 TEACHERS_PER_SITE = "teachers-per-site"  # JSON list: site i trains entry i
 TEACHER_STEPS = "teacher-steps"
@@ -68,10 +73,12 @@ CONTRIBUTE = "contribute"  # false: the site switches its contribution off
 
 # Message types beyond Flower's train: the roll call that maps nodes to sites.
 ROLL_CALL = "query.site"
+CASCADE_HISTOGRAMS = "query.cascade"  # a site's noisy confidence histograms (cascade calibration)
 
 # Error codes of replies a site refuses.
 BUDGET_REFUSED = 1001  # its ledger cannot pay for the release
 OPTED_OUT = 1002  # it has switched its contribution off
+SHARED_FILE_MISSING = 1003  # its cached copy of a shared file is absent or altered: shipped again
 
 
 def site_dir(run_dir: str | Path, site: int) -> Path:
@@ -110,8 +117,8 @@ def site_paths(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> t
 
 
 def shared_file(settings: Mapping[str, Any], node_config: Mapping[str, Any], key: str) -> Path:
-    """A shared file (experts, initial combiner): where the site keeps its own copy
-    (node_config), else where the run settings say."""
+    """A shared file (experts, initial combiner): the site's own or shipped copy, which
+    ``shipping.with_local_copies`` names in node_config, else where the run settings say."""
     return Path(str(node_config.get(key) or settings[key]))
 
 

@@ -5,7 +5,8 @@ by random node ids and drops failed replies with a log line. This loop calls
 the same strategy methods (``configure_train`` / ``aggregate_train``) and adds:
 
 * a roll call that maps node ids to site numbers, so sampling is a function of
-  (seed, round) and a resumed run samples the same sites;
+  (seed, round) and a resumed run samples the same sites, and ships each site the
+  shared files it lacks (:mod:`fedens.federation.shipping`);
 * a record of every site that failed in a round, and why (raised, refused,
   no reply before the round timeout); a round aggregates what arrived if at
   least ``min_replies`` sites replied, else keeps the previous parameters;
@@ -19,13 +20,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedens.federation import layout as L
+from fedens.federation.shipping import PAYLOAD, SHIP, Shipment
 
 
 def short_reason(text: str, limit: int = 300) -> str:
@@ -55,18 +59,47 @@ class SiteGrid:
 
     grid: Grid
     timeout: float
+    shipment: Shipment | None = None  # the shared files sites must hold (None: sites have their own)
     site_of: dict[int, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    logged: set[tuple[int, str]] = field(default_factory=set)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
 
     def roll_call(self, nodes: Iterable[int]) -> None:
-        """Ask ``nodes`` which site they are; nodes that do not answer stay unknown."""
-        asked = [Message(RecordDict(), dst_node_id=n, message_type=L.ROLL_CALL) for n in nodes]
-        for reply in self.grid.send_and_receive(asked, timeout=self.timeout):
-            if not reply.has_error():
-                self.site_of[reply.metadata.src_node_id] = int(reply.content["metrics"]["site"])
+        """Ask ``nodes`` which site they are, and ship them the shared files they lack. Nodes
+        that do not answer, or fail to take their files, stay unknown and are asked again when
+        the strategy next looks for nodes (while they start, that is normal; errors are logged)."""
+        config = ConfigRecord(self.shipment.announcement() if self.shipment else {})
+        content: dict[str, ConfigRecord | ArrayRecord] = {"config": config}
+        if self.shipment and self.shipment.inline():
+            content[PAYLOAD] = self.shipment.payload(self.shipment.files)
+        asked = [Message(RecordDict(content), dst_node_id=n, message_type=L.ROLL_CALL) for n in nodes]
+        lacking: dict[int, list[str]] = {}
+        for reply in self._ask(asked):
+            node = reply.metadata.src_node_id
+            self.site_of[node] = int(reply.content["metrics"]["site"])
+            said = reply.content.config_records.get("config", ConfigRecord())
+            if keys := [k for k in str(said.get("missing", "")).split(",") if k]:
+                lacking[node] = keys
+        if not lacking or self.shipment is None:
+            return
+        shipped = [Message(RecordDict({PAYLOAD: self.shipment.payload(keys), "config": config}),
+                           dst_node_id=node, message_type=SHIP) for node, keys in lacking.items()]
+        received = {r.metadata.src_node_id for r in self._ask(shipped)}
+        for node in set(lacking) - received:
+            del self.site_of[node]
+
+    def _ask(self, messages: list[Message]) -> list[Message]:
+        """The valid replies; an error reply is logged (once per node and reason)."""
+        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
+        for reply in (r for r in replies if r.has_error()):
+            said = (reply.metadata.src_node_id, short_reason(reply.error.reason))
+            if said not in self.logged:
+                self.logged.add(said)
+                log(WARNING, "fedens: node %s failed the roll call or its shipment: %s", *said)
+        return [r for r in replies if not r.has_error()]
 
     def get_node_ids(self) -> list[int]:
         """Connected nodes that answered the roll call, in site order."""
@@ -86,6 +119,8 @@ class SiteGrid:
                 kind = {L.BUDGET_REFUSED: "refused", L.OPTED_OUT: "opted-out"}.get(code, "error")
                 self.failures.append(Failure(self.site_of.get(node), node, kind,
                                              short_reason(reply.error.reason), code))
+                if code == L.SHARED_FILE_MISSING:  # asked again, and shipped the file, next round
+                    self.site_of.pop(node, None)
         for msg in messages:
             node = msg.metadata.dst_node_id
             if node not in answered:

@@ -20,12 +20,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedens.combiners import GatedEnsemble
+from fedens.combiners import GatedEnsemble, combiner_state, load_combiner
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
 from fedens.federation import site_dp
+from fedens.federation.cascade_release import calibrate_federated, score
 from fedens.federation.checkpoint import load_checkpoint, save_checkpoint
 from fedens.federation.rounds import RoundOutcome, SiteGrid, run_rounds
+from fedens.federation.shipping import Shipment
 from fedens.federation.strategies import make_strategy
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -37,8 +39,7 @@ def evaluate_combiner(
     """Accuracy and NLL of the router (dense and top-k) and of the global weights."""
 
     def scores(proba: np.ndarray) -> tuple[float, float]:
-        nll = -np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None)).mean()
-        return float((proba.argmax(1) == y).mean()), float(nll)
+        return score(proba, y)
 
     router_acc, router_nll = scores(model.combine(P, X, "router"))
     topk_acc, _ = scores(model.combine(P, X, "router", top_k=top_k))
@@ -50,6 +51,15 @@ def evaluate_combiner(
         "weights_accuracy": weights_acc,
         "weights_nll": weights_nll,
     }
+
+
+def evaluate_model(model: Any, P: np.ndarray, X: np.ndarray, y: np.ndarray, top_k: int) -> dict[str, float]:
+    """A GatedEnsemble's scores per head (:func:`evaluate_combiner`); any other learned
+    combiner's accuracy and NLL."""
+    if isinstance(model, GatedEnsemble):
+        return evaluate_combiner(model, P, X, y, top_k)
+    accuracy, nll = score(model.combine(P, X), y)
+    return {"accuracy": accuracy, "nll": nll}
 
 
 def _make_strategy(s: Mapping[str, Any], mode: str) -> Strategy:
@@ -82,10 +92,17 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
     With ``resume`` set, continue from the run directory's last checkpoint.
     """
     run_dir = s[L.RUN_DIR]
+    model = load_combiner(s[L.INITIAL_COMBINER_PATH])  # public map
+    if model.kind == "cascade":  # calibrated from one DP histogram release, no training rounds
+        report = calibrate_federated(grid, s, progress)
+        report["site_level"] = site_dp.site_level_report(None, "none", noise_multiplier=0.0, rounds=0,
+                                                         delta=float(s[L.DELTA]))
+        report["strategy"] = "sum of noisy histograms"
+        L.write_atomic(L.federation_dir(run_dir) / "rounds.json", json.dumps(report, indent=1))
+        return
     with np.load(L.coordinator_test_path(run_dir)) as test:
         X_test, y_test = test["X"], test["y"]
     P_test = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X_test)
-    model = GatedEnsemble.from_state_dict(torch.load(s[L.INITIAL_COMBINER_PATH]))  # public map
     num_rounds, top_k = int(s[L.NUM_ROUNDS]), int(s[L.TOP_K])
     every = int(s.get(L.CHECKPOINT_EVERY, 1))
     mode = str(s.get(L.SITE_DP_MODE, "none"))
@@ -104,7 +121,7 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
         model.load_trainable(current.to_torch_state_dict())
         row = {
             "round": server_round,
-            **evaluate_combiner(model, P_test, X_test, y_test, top_k),
+            **evaluate_model(model, P_test, X_test, y_test, top_k),
             "sites_reporting": len(reports),
             "sites_failed": len(failures),
             "epsilon_max": max((r["epsilon"] for r in reports.values()), default=0.0),
@@ -125,21 +142,25 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
 
     if first_round == 1:
         evaluate(0, arrays, {}, [])
-    site_grid = SiteGrid(grid, timeout=float(s[L.ROUND_TIMEOUT]))
+    shipment = Shipment.of(s)  # the sites get the shared files from here, not from our disk
+    announce = shipment.announcement()
+    site_grid = SiteGrid(grid, timeout=float(s[L.ROUND_TIMEOUT]), shipment=shipment)
     arrays = run_rounds(
         strategy, site_grid, arrays, first_round=first_round, num_rounds=num_rounds,
         min_replies=int(s.get(L.MIN_REPLIES, 1)), seed=int(s[L.SEED]),
-        train_config=ConfigRecord({site_dp.CONFIG_KEY: mode}), on_round=on_round,
+        train_config=ConfigRecord({site_dp.CONFIG_KEY: mode, **announce}), on_round=on_round,
     )
-    if float(s.get(L.HOLDOUT, 0.0)) > 0:  # each site personalises the final combiner, keeps it
-        personalize = [Message(RecordDict({"arrays": arrays}), dst_node_id=n,
-                               message_type=MessageType.EVALUATE) for n in site_grid.get_node_ids()]
+    personalise = float(s.get(L.HOLDOUT, 0.0)) > 0 and model.kind == GatedEnsemble.kind
+    if personalise:  # each site personalises the final (router) combiner, keeps it
+        personalize = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(announce)}),
+                               dst_node_id=n, message_type=MessageType.EVALUATE)
+                       for n in site_grid.get_node_ids()]
         site_grid.send_and_receive(personalize, timeout=site_grid.timeout)
         report["personalization_failures"] = [f.as_dict() for f in site_grid.take_failures()]
     out = L.federation_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.load_trainable(arrays.to_torch_state_dict())
-    torch.save(model.state_dict(), out / "global_combiner.pt")
+    torch.save(combiner_state(model), out / "global_combiner.pt")
     report["site_level"] = site_dp.site_level_report(
         strategy, mode, noise_multiplier=float(s.get(L.SITE_DP_NOISE, 1.0)),
         rounds=len([r for r in report["sites"].values() if r]), delta=float(s[L.DELTA]),

@@ -12,22 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from fedens.combiners import GatedEnsemble
-from fedens.experts import load_experts
+from fedens.combiners import load_combiner
 from fedens.federation import layout as L
 
 
 def shared_experts(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> list:
     """The network's shared experts (the site's own copy if its node_config names one)."""
+    from fedens.experts import load_experts  # sklearn & co.: only when a site calls its experts
+
     return load_experts(L.shared_file(settings, node_config, L.EXPERTS_PATH))
 
 
-def initial_combiner(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> GatedEnsemble:
-    """The combiner with its public input map (PCA of the public split), before training."""
-    return GatedEnsemble.from_state_dict(torch.load(L.shared_file(settings, node_config,
-                                                                  L.INITIAL_COMBINER_PATH)))
+def initial_combiner(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> Any:
+    """The combiner before training, of the kind its file is tagged with (a GatedEnsemble
+    with its public input map, a log-linear pool or stacking module, or a cascade)."""
+    return load_combiner(L.shared_file(settings, node_config, L.INITIAL_COMBINER_PATH))
 
 
 def split_holdout(n: int, fraction: float, seed: int, site: int) -> tuple[np.ndarray, np.ndarray]:

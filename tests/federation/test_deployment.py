@@ -1,10 +1,15 @@
 """Flower's Deployment Engine on loopback: a SuperLink and 3 SuperNodes with TLS and SuperNode
-authentication, the shrunk quickstart through ``flwr run``, compared with the Simulation Engine."""
+authentication, the shrunk quickstart through ``flwr run`` (stopped after round 1 and resumed),
+compared with the Simulation Engine. The SuperNodes' node-config names only their data, ledger
+and budget: the shared files reach them over the wire."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +22,9 @@ import pytest
 
 from fedens.experiment import run
 from fedens.federation import layout as L
+from fedens.federation.checkpoint import checkpoint_path
 from fedens.federation.deployment import DeploymentError, run_in_deployment
+from fedens.federation.shipping import sha256_file
 from fedens.privacy import PrivacyLedger
 
 pytestmark = pytest.mark.deployment
@@ -172,13 +179,46 @@ def test_unreachable_superlink_is_one_line_error(pilot, tmp_path, monkeypatch):
         run_in_deployment({L.RUN_DIR: str(tmp_path), "no-such-key": 1}, superlink="pilot")
 
 
-def test_quickstart_in_deployment_matches_simulation(pilot, compose, tmp_path, monkeypatch):
-    monkeypatch.setenv("FLWR_HOME", str(pilot.home))
-    deployed = run(compose(*SHRINK, "federation=deployment", "federation.superlink=pilot"),
-                   run_dir=pilot.run_dir)
+def checkpointed_round(run_dir: Path) -> int:
+    try:
+        with checkpoint_path(run_dir).open("rb") as f:
+            return pickle.load(f)["checkpoint"].round
+    except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+        return 0
+
+
+def test_quickstart_in_deployment_resumes_and_matches_simulation(pilot, compose, tmp_path):
+    """The coordinator stops after round 1 (its ``fedens run`` killed, the run stopped at the
+    SuperLink); ``fedens run resume=<run dir>`` finishes it with the result of an uninterrupted
+    run in simulation. The sites get the shared experts and initial combiner over the wire."""
+    env = flower_env(pilot.home)
+    first = subprocess.Popen([sys.executable, "-m", "fedens", "run", *SHRINK, "federation=deployment",
+                              "federation.superlink=pilot", f"hydra.run.dir={pilot.run_dir}"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while checkpointed_round(pilot.run_dir) < 1 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    log = (pilot.run_dir / "federation" / "flwr.log").read_text()
+    run_id = re.search(r"Successfully started run (\d+)", log).group(1)
+    subprocess.run([str(BIN / "flwr"), "stop", run_id, "pilot"], env=env, check=True, capture_output=True,
+                   timeout=120)
+    assert checkpointed_round(pilot.run_dir) == 1 and not (pilot.run_dir / "results.json").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "fedens", "run", f"resume={pilot.run_dir}"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming {pilot.run_dir}" in resumed.stdout
+    deployed = json.loads((pilot.run_dir / "results.json").read_text())
     simulated = run(compose(*SHRINK), run_dir=tmp_path)
 
-    assert json.loads((pilot.run_dir / "results.json").read_text()) == json.loads(json.dumps(deployed))
+    assert deployed["federation"]["resumed"] is True
+    rows = json.loads((pilot.run_dir / "federation" / "rounds.json").read_text())["rounds"]
+    assert [r["round"] for r in rows] == [0, 1, 2]
     assert (pilot.run_dir / "federation" / "flwr.log").stat().st_size > 0
     assert (pilot.base / "superlink.db").stat().st_size > 0  # the SuperLink's state is on disk
     # Same seeds, same site data, same sites: the coordinator's evaluation agrees. Measured: the
@@ -189,13 +229,18 @@ def test_quickstart_in_deployment_matches_simulation(pilot, compose, tmp_path, m
         assert deployed["metrics"][key] == pytest.approx(simulated["metrics"][key], abs=one_query), key
     for key in ("test_nll", "weights_nll"):
         assert deployed["metrics"][key] == pytest.approx(simulated["metrics"][key], rel=1e-5), key
-    # each SuperNode read its own data and charged its own ledger, at the paths its node-config names
+    shipped = {sha256_file(pilot.run_dir / name) for name in ("experts.pkl", "initial_combiner.pt")}
     for site in map(str, range(SITES)):
-        ledger = PrivacyLedger.open_existing(L.site_dir(pilot.run_dir, int(site)) / "ledger.sqlite")
-        assert len(ledger.events()) == 2
+        folder = L.site_dir(pilot.run_dir, int(site))
+        # each SuperNode read its own data and charged its own ledger, at the paths its
+        # node-config names, once per round although round 2 ran twice
+        ledger = PrivacyLedger.open_existing(folder / "ledger.sqlite")
+        assert [r["round"] for r in ledger.records()] == [1, 2]
         ledger.close()
         assert deployed["privacy"]["per_site"][site]["epsilon"] == pytest.approx(
             simulated["privacy"]["per_site"][site]["epsilon"], rel=1e-9)
+        # its node-config names no shared file: it holds the shipped copies, named by sha256
+        assert {p.name for p in (folder / "cache" / "shared").iterdir()} == shipped
 
 
 def test_failed_run_is_one_line_error(pilot, tmp_path, monkeypatch):
