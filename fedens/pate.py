@@ -63,6 +63,9 @@ def validate_pate(cfg: DictConfig) -> None:
     check(cfg, "privacy.num_queries", lambda v: is_int(v) and 1 <= v <= cfg.data.pool_size,
           f"an integer in [1, data.pool_size={cfg.data.pool_size}]")
     check(cfg, "privacy.query_batch", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check(cfg, "combiner.hidden", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check(cfg, "combiner.channels", lambda v: len(v) == 2 and all(is_int(c) and c >= 1 for c in v),
+          "two integers >= 1 (the student's conv widths)")
     check(cfg, "data.pool_size", lambda v: is_int(v) and v >= 1 and v + cfg.data.test_size <= 10000,
           "an integer with pool_size + test_size <= 10000")
     if cfg.privacy.get("smooth_sensitivity"):
@@ -149,7 +152,7 @@ def _settings(cfg: DictConfig, run_dir: Path, teachers: list[int]) -> dict[str, 
 def _student_config(cfg: DictConfig, steps: int | None = None) -> StudentConfig:
     c = cfg.combiner
     return StudentConfig(steps or c.steps, c.labelled_batch, c.unlabelled_batch, float(c.lr),
-                         float(c.confidence), float(c.unlabelled_weight))
+                         float(c.confidence), float(c.unlabelled_weight), tuple(c.channels), int(c.hidden))
 
 
 def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

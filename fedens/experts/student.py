@@ -26,17 +26,21 @@ class StudentConfig:
     lr: float = 3e-3
     confidence: float = 0.95  # pseudo-labels only where the weak view is this sure
     unlabelled_weight: float = 1.0
+    channels: tuple[int, int] = (32, 64)  # conv widths; (16, 32) is the lighter LeNet
+    hidden: int = 256
 
 
 class StudentCNN(nn.Module):
-    """LeNet-like: conv5(16)-pool-conv5(32)-pool-fc(128)-fc for 28x28 grey images."""
+    """LeNet-like: conv5(c1)-pool-conv5(c2)-pool-fc(hidden)-fc for 28x28 grey images."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, channels: tuple[int, int] = (32, 64),
+                 hidden: int = 256) -> None:
         super().__init__()
+        c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes),
+            nn.Conv2d(1, c1, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(c2 * 4 * 4, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +95,7 @@ def train_student(
     xl = torch.as_tensor(X_labelled, dtype=torch.float32).reshape(-1, 1, 28, 28)
     yl = torch.as_tensor(y_labelled, dtype=torch.int64)
     xu = torch.as_tensor(X_unlabelled, dtype=torch.float32).reshape(-1, 1, 28, 28)
-    model = StudentCNN(num_classes)
+    model = StudentCNN(num_classes, tuple(config.channels), config.hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
     pseudo_used = 0.0

@@ -122,11 +122,11 @@ def calibrate_federated(grid: Grid, s: Mapping[str, Any], progress: Callable[[di
                         ) -> dict[str, Any]:
     """Ask every site for its noisy histograms, calibrate the cascade, evaluate it on the
     coordinator's test split; writes the global cascade and returns the federation report."""
-    from fedens.federation.pate_apps import _wait_for_sites  # one waiting loop for both query flows
+    from fedens.federation.pate_apps import wait_for_sites  # one waiting loop for both query flows
 
     run_dir, timeout = s[L.RUN_DIR], float(s[L.ROUND_TIMEOUT])
     cascade: CascadeCombiner = initial_combiner(s, {})
-    _wait_for_sites(grid, int(s[L.MIN_SITES]), timeout)
+    wait_for_sites(grid, int(s[L.MIN_SITES]), timeout)
     shipment = Shipment.of(s)  # the sites get the shared experts from here (shipping.py)
     site_grid = SiteGrid(grid, timeout=timeout, shipment=shipment)
     config = ConfigRecord({"server-round": 1, **shipment.announcement()})

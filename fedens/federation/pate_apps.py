@@ -163,7 +163,7 @@ def _array(x: np.ndarray) -> Any:
     return Array(np.ascontiguousarray(x))
 
 
-def _wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
+def wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(node_ids := list(grid.get_node_ids())) < count:
         if time.monotonic() > deadline:
@@ -188,7 +188,7 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
     """Train teachers at the sites, label the query pool privately, write the outcome."""
     say = progress or (lambda line: None)
     timeout = float(s[L.ROUND_TIMEOUT])
-    nodes = _wait_for_sites(grid, int(s[L.MIN_SITES]), timeout)
+    nodes = wait_for_sites(grid, int(s[L.MIN_SITES]), timeout)
     started = time.monotonic()
     replies, failed = _send(grid, nodes, "train.teachers", {"config": ConfigRecord({})}, timeout)
     teachers = int(sum(r.content["metrics"]["num-teachers"] for r in replies))
