@@ -78,7 +78,30 @@ def check_module_args(num_experts: int, log_floor: float) -> float:
     return check_log_floor(log_floor)
 
 
-class LogLinearModule(TrainableCombiner):
+class FlooredPoolModule(TrainableCombiner):
+    """Shared by the torch forms of the floored pools (log-linear, stacking): a
+    ``log_floor`` buffer, per-expert weight logits in ``weights`` (``nn.Linear(1, K)``
+    fed a column of ones), every expert called, and rebuilding from a state dict."""
+
+    def __init__(self, num_experts: int, log_floor: float = 1e-6) -> None:
+        super().__init__()
+        self.register_buffer("log_floor", torch.tensor(check_module_args(num_experts, log_floor),
+                                                       dtype=torch.float64))
+        self.weights = nn.Linear(1, num_experts, bias=False)
+        nn.init.zeros_(self.weights.weight)
+
+    @staticmethod
+    def expert_calls_per_query(num_experts: int) -> float:
+        return float(check_positive_int(num_experts, "num_experts"))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> FlooredPoolModule:
+        model = cls(state["weights.weight"].shape[0], float(state["log_floor"]))
+        model.load_state_dict(state)
+        return model
+
+
+class LogLinearModule(FlooredPoolModule):
     """Torch form of :class:`LogLinearPool`: ``softmax_c(sum_k w_k log max(p_k, floor))``.
 
     ``weights`` is ``nn.Linear(1, K)`` fed a column of ones, so its weight holds the
@@ -94,13 +117,6 @@ class LogLinearModule(TrainableCombiner):
     """
 
     kind = "log_linear"
-
-    def __init__(self, num_experts: int, log_floor: float = 1e-6) -> None:
-        super().__init__()
-        self.register_buffer("log_floor", torch.tensor(check_module_args(num_experts, log_floor),
-                                                      dtype=torch.float64))
-        self.weights = nn.Linear(1, num_experts, bias=False)
-        nn.init.zeros_(self.weights.weight)
 
     def weight_logits(self) -> np.ndarray:
         return self.weights.weight.detach().double().numpy()[:, 0].copy()
@@ -118,16 +134,6 @@ class LogLinearModule(TrainableCombiner):
     def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
         P = check_expert_outputs(P)
         return torch.softmax(self.log_scores(torch.as_tensor(P, dtype=torch.float32)), 1).double().numpy()
-
-    @staticmethod
-    def expert_calls_per_query(num_experts: int) -> float:
-        return float(check_positive_int(num_experts, "num_experts"))
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> LogLinearModule:
-        model = cls(state["weights.weight"].shape[0], float(state["log_floor"]))
-        model.load_state_dict(state)
-        return model
 
 
 @register_combiner("log_linear")

@@ -22,17 +22,17 @@ from fedens.combiners.base import (
     save_arrays,
 )
 from fedens.combiners.log_linear import (
+    FlooredPoolModule,
     check_log_floor,
-    check_module_args,
     check_vector,
     floored_log,
     full_batch_fit,
     softmax_weights,
 )
-from fedens.combiners.trainable import TrainableCombiner, ones_column
+from fedens.combiners.trainable import ones_column
 
 
-class StackingModule(TrainableCombiner):
+class StackingModule(FlooredPoolModule):
     """Torch form of :class:`StackingCombiner`: ``sum_k w_k softmax(log max(p_k, floor) / T_k)``.
 
     Weight logits and log-temperatures are each the weight of an ``nn.Linear(1, K)``
@@ -43,13 +43,9 @@ class StackingModule(TrainableCombiner):
     kind = "stacking"
 
     def __init__(self, num_experts: int, log_floor: float = 1e-6) -> None:
-        super().__init__()
-        self.register_buffer("log_floor", torch.tensor(check_module_args(num_experts, log_floor),
-                                                       dtype=torch.float64))
-        self.weights = nn.Linear(1, num_experts, bias=False)
+        super().__init__(num_experts, log_floor)
         self.log_temperature = nn.Linear(1, num_experts, bias=False)
-        for p in self.parameters():
-            nn.init.zeros_(p)
+        nn.init.zeros_(self.log_temperature.weight)
 
     def parameters_numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(weight logits, temperatures), each (K,)."""
@@ -73,16 +69,6 @@ class StackingModule(TrainableCombiner):
     def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
         P = check_expert_outputs(P)
         return torch.exp(self.log_mixture(torch.as_tensor(P, dtype=torch.float32))).double().numpy()
-
-    @staticmethod
-    def expert_calls_per_query(num_experts: int) -> float:
-        return float(check_positive_int(num_experts, "num_experts"))
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> StackingModule:
-        model = cls(state["weights.weight"].shape[0], float(state["log_floor"]))
-        model.load_state_dict(state)
-        return model
 
 
 @register_combiner("stacking")
