@@ -7,6 +7,7 @@ in simulation the same keys come from the dict given to the app factories.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -156,10 +157,11 @@ def parse_faults(text: str) -> list[tuple[int, int, str]]:
     return faults
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file: readers never see half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write ``content`` to ``path`` through a temporary file of its own: readers never
+    see half of it, and concurrent writers of the same path never share a temporary."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(content.encode() if isinstance(content, str) else content)
     tmp.replace(path)
 
 

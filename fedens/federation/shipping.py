@@ -155,9 +155,7 @@ def store(settings: Mapping[str, Any], node_config: Mapping[str, Any], digests: 
                              f"{digests.get(key, '(not announced)')[:16]}...")
         path = cached_path(ledger_path, digests[key])
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{site}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        L.write_atomic(path, data)
         stored.append(key)
     return stored
 
