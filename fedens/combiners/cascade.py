@@ -67,6 +67,18 @@ def _chain(costs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return order[np.isfinite(thresholds[order])]
 
 
+def _stage_outputs(P: np.ndarray, chain: np.ndarray, pooled: bool) -> np.ndarray:
+    """What each chain position would answer (n, L, C): that expert's distribution or, pooled,
+    the mean of every expert called so far; the last expert (the most accurate one called)
+    answers alone either way, since averaging weaker experts into it dilutes it."""
+    Q = P[:, chain].astype(np.float64)
+    if pooled and len(chain) > 1:
+        last = Q[:, -1].copy()
+        Q = np.cumsum(Q, axis=1) / np.arange(1, len(chain) + 1)[None, :, None]
+        Q[:, -1] = last
+    return Q
+
+
 def _stops(confidence: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Per query, the first chain position whose confidence (n, L) reaches its threshold (L,)."""
     confident = confidence >= thresholds
@@ -75,7 +87,8 @@ def _stops(confidence: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def calibrate_per_expert(
-    P: np.ndarray, y: np.ndarray, costs: np.ndarray, target_accuracy: float, grid: np.ndarray
+    P: np.ndarray, y: np.ndarray, costs: np.ndarray, target_accuracy: float, grid: np.ndarray,
+    pooled: bool = False,
 ) -> tuple[np.ndarray, float, float]:
     """Per-expert thresholds: the cheapest cascade found whose accuracy on (P, y) is >= the target.
 
@@ -83,23 +96,25 @@ def calibrate_per_expert(
     cheaper) and greedily changes one cheaper expert's threshold at a time
     (to a grid value, or ``inf``: skip it), taking the change that gives the
     lowest cost among those reaching the target (while below the target: the
-    highest accuracy), until no change improves. Returns (thresholds, accuracy,
-    cost per query) on (P, y).
+    highest accuracy), until no change improves. ``pooled``: stages answer with the
+    mean of the experts called so far (:class:`CascadeCombiner`). Returns
+    (thresholds, accuracy, cost per query) on (P, y).
     """
     n, K, _ = P.shape
-    confidence, correct = P.max(axis=2), P.argmax(axis=2) == y[:, None]
     rows = np.arange(n)
 
     def evaluate(t: np.ndarray) -> tuple[float, float]:
         chain = _chain(costs, t)
-        stop = _stops(confidence[:, chain], t[chain])
-        return float(correct[rows, chain[stop]].mean()), float(np.cumsum(costs[chain])[stop].mean())
+        Q = _stage_outputs(P, chain, pooled)
+        stop = _stops(Q.max(axis=2), t[chain])
+        right = Q[rows, stop].argmax(axis=1) == y
+        return float(right.mean()), float(np.cumsum(costs[chain])[stop].mean())
 
     def score(acc: float, cost: float) -> tuple[int, float, float]:
         return (0, cost, -acc) if acc >= target_accuracy else (1, -acc, cost)
 
     order = np.argsort(costs, kind="stable")
-    accs = correct.mean(axis=0)
+    accs = (P.argmax(axis=2) == y[:, None]).mean(axis=0)
     anchor = int(min(range(K), key=lambda k: (-accs[k], costs[k], k)))
     cheaper = order[: int(np.flatnonzero(order == anchor)[0])]
     t = np.full(K, np.inf)
@@ -195,7 +210,7 @@ def thresholds_from_histograms(
 
 def choose_grid(
     P: np.ndarray, y: np.ndarray, costs: np.ndarray, grids: dict[str, np.ndarray] | None = None,
-    seed: int = 0,
+    seed: int = 0, pooled: bool = False,
 ) -> tuple[str, dict[str, tuple[float, float]]]:
     """Pick a per-expert threshold grid by 2-fold cross-validation on validation data (P, y).
 
@@ -214,8 +229,8 @@ def choose_grid(
         for fit, check in (halves, halves[::-1]):
             accs = (P[fit].argmax(axis=2) == y[fit, None]).mean(axis=0)
             target = float(accs.max())
-            thresholds, _, _ = calibrate_per_expert(P[fit], y[fit], costs, target, np.asarray(grid))
-            cascade = CascadeCombiner(costs, thresholds)
+            thresholds, _, _ = calibrate_per_expert(P[fit], y[fit], costs, target, np.asarray(grid), pooled)
+            cascade = CascadeCombiner(costs, thresholds, pooled)
             anchor = (P[check][:, int(np.argmax(accs))].argmax(axis=1) == y[check]).mean()
             gaps.append(float((cascade.combine(P[check]).argmax(axis=1) == y[check]).mean() - anchor))
             spent.append(cascade.cost_per_query(P[check]))
@@ -232,7 +247,10 @@ class CascadeCombiner:
     Experts are called in order of cost (cheapest first, ties by index); a query
     stops at the first expert whose max probability is >= ``threshold`` and
     gets that expert's distribution. The last (most expensive) expert always
-    answers. One threshold is shared by all experts, or each expert has its own;
+    answers. ``pooled=True`` makes each stage but the last answer (and judge its
+    confidence) with the mean of the experts called so far, a cascade of
+    growing ensembles: cheap experts that agree stop a query sooner, and the
+    last expert still answers alone. One threshold is shared by all experts, or each expert has its own;
     an expert whose threshold is ``inf`` never answers, so it is never called.
     :meth:`calibrate` picks the threshold(s) on validation data.
 
@@ -249,6 +267,8 @@ class CascadeCombiner:
         Confidence needed to stop, in [0, 1]. 0 always stops at the first
         expert; 1 stops only at an expert that is certain. Per expert, ``inf``
         skips that expert; the most expensive expert not skipped always answers.
+    pooled : bool
+        Stages answer with the mean of the experts called so far (see above).
 
     Examples
     --------
@@ -265,10 +285,14 @@ class CascadeCombiner:
     kind = "cascade"
 
     def __init__(
-        self, costs: Sequence[float] | None = None, threshold: float | Sequence[float] = 1.0
+        self, costs: Sequence[float] | None = None, threshold: float | Sequence[float] = 1.0,
+        pooled: bool = False,
     ) -> None:
         self.costs: np.ndarray | None = None if costs is None else check_costs(costs)
         self.threshold = check_thresholds(threshold)
+        if not isinstance(pooled, (bool, np.bool_)):
+            raise ValueError(f"pooled must be True or False, got {pooled!r}")
+        self.pooled = bool(pooled)
         if self.costs is not None and isinstance(self.threshold, np.ndarray):
             if len(self.threshold) != len(self.costs):
                 raise ValueError(
@@ -282,9 +306,9 @@ class CascadeCombiner:
 
     def _plan(
         self, P: np.ndarray, threshold: float | np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(chain: experts called in order, position in the chain of the answering expert
-        per query, costs)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(chain: experts called in order, position in the chain where each query stops,
+        costs, the answer per query (n, C))."""
         check_num_experts(None if self.costs is None else len(self.costs), P, "CascadeCombiner")
         if isinstance(threshold, np.ndarray):
             check_num_experts(len(threshold), P, "CascadeCombiner thresholds")
@@ -292,13 +316,14 @@ class CascadeCombiner:
         costs = np.ones(K) if self.costs is None else self.costs
         t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (K,))
         chain = _chain(costs, t)
-        return chain, _stops(P[:, chain].max(axis=2), t[chain]), costs
+        Q = _stage_outputs(P, chain, self.pooled)
+        stop = _stops(Q.max(axis=2), t[chain])
+        return chain, stop, costs, Q[np.arange(len(P)), stop]
 
     def combine(self, P: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
-        """The answering expert's distribution per query (n, C); ``X`` is ignored."""
+        """The answering stage's distribution per query (n, C); ``X`` is ignored."""
         P = check_expert_outputs(P)
-        chain, stop, _ = self._plan(P, self.threshold)
-        return P[np.arange(len(P)), chain[stop]].astype(np.float64)
+        return self._plan(P, self.threshold)[3]
 
     def _nonempty(self, P: np.ndarray) -> np.ndarray:
         P = check_expert_outputs(P)
@@ -309,13 +334,13 @@ class CascadeCombiner:
     def expert_calls_per_query(self, P: np.ndarray) -> float:
         """Mean number of experts called on the queries ``P`` (n, K, C)."""
         P = self._nonempty(P)
-        _, stop, _ = self._plan(P, self.threshold)
+        _, stop, _, _ = self._plan(P, self.threshold)
         return float(np.mean(stop + 1))
 
     def cost_per_query(self, P: np.ndarray) -> float:
         """Mean total cost of the experts called on the queries ``P``."""
         P = self._nonempty(P)
-        chain, stop, costs = self._plan(P, self.threshold)
+        chain, stop, costs, _ = self._plan(P, self.threshold)
         return float(np.mean(np.cumsum(costs[chain])[stop]))
 
     def calibrate(
@@ -361,7 +386,8 @@ class CascadeCombiner:
                 raise ValueError(f"per-expert calibration takes target_accuracy, got max_cost={max_cost!r}")
             check_num_experts(None if self.costs is None else len(self.costs), P, "CascadeCombiner")
             costs_ = np.ones(P.shape[1]) if self.costs is None else self.costs
-            self.threshold, acc_, cost_ = calibrate_per_expert(P, y, costs_, target_accuracy, thresholds)
+            self.threshold, acc_, cost_ = calibrate_per_expert(P, y, costs_, target_accuracy, thresholds,
+                                                               self.pooled)
             self.validation_accuracy, self.validation_cost = acc_, cost_
             if acc_ < target_accuracy:
                 warnings.warn(f"no per-expert thresholds reach target_accuracy={target_accuracy} on "
@@ -369,8 +395,8 @@ class CascadeCombiner:
             return self
         acc, cost = np.empty(len(thresholds)), np.empty(len(thresholds))
         for i, t in enumerate(thresholds):
-            chain, stop, c = self._plan(P, t)
-            acc[i] = np.mean(P[np.arange(len(P)), chain[stop]].argmax(axis=1) == y)
+            chain, stop, c, answer = self._plan(P, t)
+            acc[i] = np.mean(answer.argmax(axis=1) == y)
             cost[i] = np.mean(np.cumsum(c[chain])[stop])
         if target_accuracy is not None:
             ok = acc >= target_accuracy
@@ -400,6 +426,9 @@ class CascadeCombiner:
     ) -> CascadeCombiner:
         """Per-expert thresholds from (noisy, summed) confidence histograms, by
         :func:`thresholds_from_histograms`; sets ``target`` too. Returns ``self``."""
+        if self.pooled:
+            raise ValueError("histograms hold each expert's own confidence, not a pooled stage's: "
+                             "calibrate a pooled cascade with calibrate(per_expert=True)")
         costs = np.ones(len(hist)) if self.costs is None else self.costs
         self.threshold, self.target = thresholds_from_histograms(hist, costs, grid, target_accuracy,
                                                                  margin, min_count)
@@ -421,21 +450,25 @@ class CascadeCombiner:
         if self.costs is None:
             raise ValueError("a cascade's state needs its costs, got costs=None")
         t = np.broadcast_to(np.asarray(self.threshold, dtype=np.float64), self.costs.shape)
-        return {"costs": torch.as_tensor(self.costs), "threshold": torch.as_tensor(t.copy())}
+        return {"costs": torch.as_tensor(self.costs), "threshold": torch.as_tensor(t.copy()),
+                "pooled": torch.tensor(self.pooled)}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> CascadeCombiner:
-        return cls(state["costs"].double().numpy(), state["threshold"].double().numpy())
+        pooled = bool(state["pooled"]) if "pooled" in state else False  # files before pooling existed
+        return cls(state["costs"].double().numpy(), state["threshold"].double().numpy(), pooled)
 
     def save(self, path: str | Path) -> None:
         """Write costs (hence the order) and threshold to ``path`` (npz)."""
         costs = np.zeros(0) if self.costs is None else self.costs
         order = np.zeros(0, dtype=np.int64) if self.order is None else self.order
-        save_arrays(path, "cascade", costs=costs, order=order, threshold=np.array(self.threshold))
+        save_arrays(path, "cascade", costs=costs, order=order, threshold=np.array(self.threshold),
+                    pooled=np.array(self.pooled))
 
     @classmethod
     def load(cls, path: str | Path) -> CascadeCombiner:
         """Read a cascade written by :meth:`save`."""
         a = load_arrays(path, "cascade")
         t = a["threshold"]
-        return cls(a["costs"] if a["costs"].size else None, float(t) if t.ndim == 0 else t)
+        pooled = bool(a["pooled"]) if "pooled" in a else False  # files before pooling existed
+        return cls(a["costs"] if a["costs"].size else None, float(t) if t.ndim == 0 else t, pooled)
