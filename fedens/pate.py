@@ -22,6 +22,7 @@ from rich.table import Table
 
 from fedens.data.mnist import load_mnist
 from fedens.data.partition import dirichlet_partition
+from fedens.data.query_selection import QUERY_SELECTIONS, query_order
 from fedens.experiment import (
     SCHEMA_VERSION,
     check,
@@ -63,6 +64,7 @@ def validate_pate(cfg: DictConfig) -> None:
     check(cfg, "privacy.num_queries", lambda v: is_int(v) and 1 <= v <= cfg.data.pool_size,
           f"an integer in [1, data.pool_size={cfg.data.pool_size}]")
     check(cfg, "privacy.query_batch", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check(cfg, "privacy.query_selection", lambda v: v in QUERY_SELECTIONS, f"one of {QUERY_SELECTIONS}")
     check(cfg, "combiner.hidden", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check(cfg, "combiner.channels", lambda v: len(v) == 2 and all(is_int(c) and c >= 1 for c in v),
           "two integers >= 1 (the student's conv widths)")
@@ -77,6 +79,7 @@ def validate_pate(cfg: DictConfig) -> None:
               f"a number > 0 with order * (1 - exp(-2 beta)) < 1 (order={ss.order})")
     for key in ("experts.augment.shift_px", "experts.augment.rotate_deg"):
         check(cfg, key, lambda v: is_num(v) and 0 <= v <= 45, "a number in [0, 45] (0: off)")
+    check(cfg, "experts.train_timeout", lambda v: is_num(v) and v > 0, "a number of seconds > 0")
     for key in ("experts.steps", "experts.batch_size", "combiner.steps"):
         check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
 
@@ -122,6 +125,9 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         np.savez(folder / "data.npz", X=(X_train[records] * 255).round().astype(np.uint8),
                  y=y_train[records])
     pool, pool_labels = X_test[: cfg.data.pool_size], y_test[: cfg.data.pool_size]
+    # the queries first: chosen from the public images alone (pool_labels are only evaluated)
+    order = query_order(pool, cfg.privacy.num_queries, cfg.privacy.query_selection, cfg.seed)
+    pool, pool_labels = pool[order], pool_labels[order]
     test, test_labels = X_test[-cfg.data.test_size:], y_test[-cfg.data.test_size:]
     L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
     pool_file(run_dir / "coordinator" / "pool.npz", pool)
@@ -135,7 +141,7 @@ def _settings(cfg: DictConfig, run_dir: Path, teachers: list[int]) -> dict[str, 
     return {
         L.RUN_DIR: str(run_dir), L.SEED: cfg.seed, L.DELTA: float(cfg.privacy.delta),
         L.BUDGET_EPSILON: float(cfg.privacy.budget), L.MIN_SITES: cfg.federation.min_sites,
-        L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
+        L.ROUND_TIMEOUT: float(cfg.federation.round_timeout), L.TEACHER_TIMEOUT: float(e.train_timeout),
         L.TEACHERS_PER_SITE: json.dumps(teachers),
         L.TEACHER_STEPS: e.steps, L.TEACHER_BATCH: e.batch_size, L.TEACHER_LR: float(e.lr),
         L.TEACHER_CHANNELS: ",".join(str(c) for c in e.channels),

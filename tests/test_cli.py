@@ -44,6 +44,8 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected)
         (["experts.num_teachers=7"], "experts.num_teachers=7"),
         (["partition=dirichlet", "partition.alpha=-1"], "partition.alpha=-1"),
         (["privacy.sigma2=-40"], "privacy.sigma2=-40"),
+        (["privacy.query_selection=random"], "privacy.query_selection='random'"),
+        (["experts.train_timeout=0"], "experts.train_timeout=0"),
     ],
 )
 def test_bad_pate_input_is_one_line_exit_2(tmp_path, overrides, expected):

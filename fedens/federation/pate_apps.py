@@ -190,18 +190,21 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
     timeout = float(s[L.ROUND_TIMEOUT])
     nodes = wait_for_sites(grid, int(s[L.MIN_SITES]), timeout)
     started = time.monotonic()
-    replies, failed = _send(grid, nodes, "train.teachers", {"config": ConfigRecord({})}, timeout)
-    teachers = int(sum(r.content["metrics"]["num-teachers"] for r in replies))
+    replies, failed = _send(grid, nodes, "train.teachers", {"config": ConfigRecord({})},
+                            float(s.get(L.TEACHER_TIMEOUT, timeout)))
     retrained = int(sum(r.content["metrics"]["trained"] for r in replies))
-    say(f"teachers  {teachers} at {len(replies)} sites ({retrained} sites trained, the rest cached) "
-        f"[{time.monotonic() - started:.0f} s]" + (f"; failed: {failed}" if failed else ""))
+    say(f"teachers  {int(sum(r.content['metrics']['num-teachers'] for r in replies))} at {len(replies)} "
+        f"sites ({retrained} sites trained, the rest cached) [{time.monotonic() - started:.0f} s]"
+        + (f"; failed: {failed}" if failed else ""))
 
     with np.load(s[L.POOL_PATH]) as pool:
         images = pool["images"][: int(s[L.NUM_QUERIES])]
     mechanism = make_mechanism(str(s[L.MECHANISM]), **json.loads(str(s[L.MECHANISM_PARAMS])))
     config = {"mechanism": mechanism.name, "params": json.dumps(mechanism.params())}
     rng = np.random.default_rng(int(s[L.SEED]))
-    labels, answered, all_votes, refused, batches = [], [], [], 0, []
+    # teachers are counted from the votes: a site that missed the training deadline may still
+    # finish (its teachers cached) and vote
+    labels, answered, all_votes, refused, batches, teachers = [], [], [], 0, [], 0
     batch_size = int(s[L.QUERY_BATCH])
     for b, start in enumerate(range(0, len(images), batch_size)):
         batch = images[start: start + batch_size]
@@ -216,6 +219,8 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
             say(f"queries  batch {b}: no site contributed ({failed})")
             continue
         votes = sum(r.content["votes"]["votes"].numpy() for r in replies)
+        voting = int(sum(r.content["metrics"]["num-teachers"] for r in replies))
+        teachers = max(teachers, voting)
         release = mechanism.release(votes, rng)
         contributors = [r.metadata.src_node_id for r in replies]
         charged, charge_failed = _send(grid, contributors, "query.charge", {
@@ -227,7 +232,8 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
         all_votes.append(votes)
         eps = max((r.content["metrics"]["epsilon"] for r in charged), default=0.0)
         batches.append({"batch": b, "queries": len(batch), "answered": release.num_answered,
-                        "sites": len(replies), "failed": failed + charge_failed, "epsilon_max": eps})
+                        "sites": len(replies), "teachers": voting, "failed": failed + charge_failed,
+                        "epsilon_max": eps})
         say(f"queries  batch {b}: {release.num_answered}/{len(batch)} answered by {len(replies)} sites"
             f"{'' if not failed else f' ({len(failed)} refused)'}; site ε_max {eps:.2f} "
             f"[{time.monotonic() - started:.0f} s]")
