@@ -23,6 +23,7 @@ calibration, RDP, as the ledger accounts).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -79,6 +80,14 @@ def grid_of(s: Mapping[str, Any]) -> np.ndarray:
 # --- site ------------------------------------------------------------------------------
 
 
+def _release_key(site: int, seed: int, exact: np.ndarray, grid: np.ndarray, z: float) -> str:
+    """Names the release by all that determines it: the noise is drawn from (seed, site), so the
+    same exact histograms, grid and noise multiplier give the very same noisy output. The key
+    stays in the site's own ledger."""
+    digest = hashlib.sha256(exact.tobytes() + grid.tobytes() + np.float64(z).tobytes()).hexdigest()
+    return f"{MECHANISM}/site-{site}/seed-{seed}/{digest[:32]}"
+
+
 def answer_histograms(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
     """The site's noisy confidence histograms, charged to its ledger before they are made."""
     torch.set_num_threads(1)
@@ -91,17 +100,18 @@ def answer_histograms(msg: Message, context: Context, settings: Mapping[str, Any
     P = expert_outputs(shared_experts(s, context.node_config), X)
     K, grid, delta = P.shape[1], grid_of(s), float(s[L.DELTA])
     z = calibrate_histogram_noise(float(s[L.TARGET_EPSILON]), delta)
+    exact = confidence_histograms(P, y, grid)  # nothing leaves the site before the charge
     ledger = L.open_site_ledger(s, context.node_config)
     try:
         epsilon = ledger.charge(histogram_event(z), mechanism=MECHANISM, round=1, params={
             "noise_multiplier": z, "sensitivity_l2": histogram_sensitivity(K), "experts": K,
-            "bins": len(grid) + 1})
+            "bins": len(grid) + 1}, release_key=_release_key(site, int(s[L.SEED]), exact, grid, z))
     except BudgetExceeded as refusal:
         return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
     finally:
         ledger.close()
     rng = np.random.default_rng([int(s[L.SEED]), site, 4099])
-    noisy = noisy_histograms(confidence_histograms(P, y, grid), z, rng)
+    noisy = noisy_histograms(exact, z, rng)
     return Message(RecordDict({
         "histograms": ArrayRecord({"histograms": Array(np.ascontiguousarray(noisy))}),
         "metrics": MetricRecord({"site": site, "epsilon": epsilon, "noise-multiplier": z,

@@ -102,6 +102,23 @@ def test_the_cascade_is_calibrated_from_one_noisy_release_per_site(prepared, tmp
         assert 0.99 * 4.0 <= epsilon <= 4.0 + 1e-9  # calibrated to the target, never over it
 
 
+def test_re_running_the_cascade_release_sends_the_same_output_and_charges_nothing_more(prepared, tmp_path):
+    cfg, source = prepared("cascade")
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    first = federate(cfg, run_dir)
+    spent = [ledger_records(run_dir, site)[1] for site in range(NUM_SITES)]
+    again = federate(cfg, run_dir)  # e.g. the coordinator restarted: same seed, same data
+    assert again["cascade"] == first["cascade"]
+    for site in range(NUM_SITES):
+        records, epsilon = ledger_records(run_dir, site)
+        assert len(records) == 1 and epsilon == spent[site]
+    # a different seed is a different noise draw: a new release, which the spent budget refuses
+    with pytest.raises(RuntimeError, match="0 sites replied"):
+        federate(compose("combiner=cascade", "seed=1"), run_dir)
+    assert all(len(ledger_records(run_dir, site)[0]) == 1 for site in range(NUM_SITES))
+
+
 def test_noise_free_federated_thresholds_equal_the_central_calibration(prepared, tmp_path, monkeypatch):
     cfg, source = prepared("cascade")
     run_dir = tmp_path / "run"
