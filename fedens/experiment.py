@@ -97,7 +97,7 @@ def validate(cfg: DictConfig) -> None:
         validate_gated_ensemble(cfg)
 
 
-def strategy_params(cfg: DictConfig) -> dict[str, Any]:
+def configured_strategy_params(cfg: DictConfig) -> dict[str, Any]:
     params = cfg.federation.strategy.params
     return {} if params is None else dict(OmegaConf.to_container(params))
 
@@ -105,7 +105,7 @@ def strategy_params(cfg: DictConfig) -> dict[str, Any]:
 def validate_strategy(cfg: DictConfig) -> None:
     """The strategy is one of Flower's, with parameters it takes; faults parse."""
     check(cfg, "federation.strategy.name", lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}")
-    params = strategy_params(cfg)
+    params = configured_strategy_params(cfg)
     try:
         check_strategy(cfg.federation.strategy.name, params)
     except ValueError as error:
@@ -325,7 +325,7 @@ def _common_settings(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, 
         L.SITE_DP_CLIP: float(cfg.privacy.site_level.clipping_norm),
         L.SITE_DP_COUNT_STDDEV: float(cfg.privacy.site_level.clipped_count_stddev or 0.0),
         L.STRATEGY: cfg.federation.strategy.name,
-        L.STRATEGY_PARAMS: json.dumps(strategy_params(cfg)),
+        L.STRATEGY_PARAMS: json.dumps(configured_strategy_params(cfg)),
         L.CHECKPOINT_EVERY: cfg.federation.checkpoint_every,
         L.RESUME: resume,
         L.INJECT_FAULTS: cfg.federation.inject_faults or "",
@@ -632,7 +632,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
         "personalization": site_personalization(cfg, run_dir),
         "federation": {
             "strategy": rounds["strategy"],
-            "strategy_params": strategy_params(cfg),
+            "strategy_params": configured_strategy_params(cfg),
             "fraction_train": cfg.federation.fraction_train,
             "min_sites": cfg.federation.min_sites,
             "min_replies": cfg.federation.min_replies,

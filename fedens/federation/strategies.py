@@ -24,7 +24,7 @@ _COMMON = {"self", "fraction_train", "fraction_evaluate", "min_train_nodes", "mi
            "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn"}
 
 
-def strategy_params(name: str) -> list[str]:
+def accepted_strategy_params(name: str) -> list[str]:
     """The keyword arguments of strategy ``name`` beyond the ones fedens sets itself."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
@@ -34,7 +34,7 @@ def strategy_params(name: str) -> list[str]:
 
 def check_strategy(name: str, params: dict[str, Any]) -> None:
     """ValueError naming the strategy or parameter that Flower would not accept."""
-    allowed = strategy_params(name)
+    allowed = accepted_strategy_params(name)
     for key in params:
         if key not in allowed:
             raise ValueError(f"{name} has no parameter {key!r}; it takes: {', '.join(allowed) or 'none'}")

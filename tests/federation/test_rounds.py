@@ -16,7 +16,7 @@ from fedens.federation.checkpoint import checkpoint_path, load_checkpoint
 from fedens.federation.client_app import make_client_app
 from fedens.federation.rounds import short_reason
 from fedens.federation.server_app import _make_strategy, coordinate
-from fedens.federation.strategies import STRATEGIES, check_strategy, make_strategy, strategy_params
+from fedens.federation.strategies import STRATEGIES, accepted_strategy_params, check_strategy, make_strategy
 from fedens.privacy import PrivacyLedger
 
 NUM_SITES = 3
@@ -98,7 +98,7 @@ def test_fedprox_pull_keeps_the_update_closer_to_the_global_model(prepared_cfg, 
 
 def test_strategy_config_errors_name_the_value():
     with pytest.raises(ValueError, match="unknown strategy 'FedFoo'; choose one of: FedAvg"):
-        strategy_params("FedFoo")
+        accepted_strategy_params("FedFoo")
     with pytest.raises(ValueError, match="FedAdam has no parameter 'mu'; it takes: eta, eta_l"):
         check_strategy("FedAdam", {"mu": 1})
     assert make_strategy("FedTrimmedAvg", {"beta": 0.1}).beta == 0.1
