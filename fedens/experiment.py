@@ -126,6 +126,8 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
     check(cfg, "federation.num_rounds", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     check(cfg, "federation.fraction_train", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
     check(cfg, "federation.round_timeout", lambda v: is_num(v) and v > 0, "a number of seconds > 0")
+    check(cfg, "federation.ship_inline_bytes", lambda v: is_int(v) and v >= 0,
+          "a whole number of bytes >= 0 (0: always ship in a query.ship message)")
     check(cfg, "federation.backend", lambda v: v in ("simulation", "deployment"),
           "'simulation' or 'deployment'")
     if cfg.federation.backend == "deployment":
@@ -319,6 +321,7 @@ def _common_settings(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, 
         L.MIN_SITES: cfg.federation.min_sites,
         L.MIN_REPLIES: cfg.federation.min_replies,
         L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
+        L.SHIP_INLINE_BYTES: cfg.federation.ship_inline_bytes,
         L.SEED: cfg.seed,
         L.SITE_DP_MODE: cfg.privacy.site_level.mode,
         L.SITE_DP_NOISE: float(cfg.privacy.site_level.noise_multiplier),

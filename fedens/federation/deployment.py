@@ -1,9 +1,10 @@
 """Run the fedens apps on Flower's Deployment Engine: ``flwr run`` against a running SuperLink.
 
 The SuperLink and one SuperNode per site are started beforehand (``scripts/pilot`` on
-loopback; each institution its own SuperNode in a real pilot). The SuperLink connection is
-the ``[superlink.<name>]`` table of ``$FLWR_HOME/config.toml``. The run's settings travel as
-a ``--run-config`` TOML file; the ServerApp writes ``<run-dir>/federation/`` as in simulation.
+loopback, ``scripts/pilot --netns`` as separate hosts on one machine; each institution its
+own SuperNode in a real pilot). The SuperLink connection is the ``[superlink.<name>]`` table
+of ``$FLWR_HOME/config.toml``. The run's settings travel as a ``--run-config`` TOML file; the
+ServerApp writes ``<run-dir>/federation/`` as in simulation.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ FRACTION_TRAIN = "fraction-train"
 MIN_SITES = "min-sites"
 MIN_REPLIES = "min-replies"
 ROUND_TIMEOUT = "round-timeout"
+SHIP_INLINE_BYTES = "ship-inline-bytes"  # shared files up to this size travel with the roll call
 TOP_K = "top-k"
 SEED = "seed"
 STRATEGY = "strategy"  # a Flower strategy's class name in flwr.serverapp.strategy

@@ -7,7 +7,9 @@ public split (``experiment._prepare``). The protocol, on top of the roll call:
 1. the coordinator announces ``{key: sha256}`` in the roll call; each site answers which files
    it lacks (not cached, or a cached copy whose bytes no longer match its name). Files of at
    most ``INLINE_BYTES`` in all travel with the roll call itself (the quickstart's: 254 KB),
-   which saves every site a message, hence a ClientApp process start, per run;
+   which saves every site a message, hence a ClientApp process start, per run. The run
+   setting ``ship-inline-bytes`` (``federation.ship_inline_bytes``; 0: always ship) sets
+   another limit;
 2. larger files go only to the sites that lack them, as ``uint8`` arrays of an ``ArrayRecord``
    (message type ``query.ship``). Flower (>= 1.20) splits array buffers into 5 MiB chunks itself
    (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``), so a file of any size fits one message. A site
@@ -25,18 +27,20 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 
 from fedens.federation import layout as L
 
 SHARED = (L.EXPERTS_PATH, L.INITIAL_COMBINER_PATH)  # the run settings that name shared files
 SHIP = "query.ship"  # message type of a shipment
 PAYLOAD = "shared-files"  # its ArrayRecord: {key: the file's bytes as uint8}
-INLINE_BYTES = 4 << 20  # shared files up to this size in all travel with the roll call
+INLINE_BYTES = 4 << 20  # shared files up to this size in all travel with the roll call (default)
 _PREFIX = "sha256:"  # announcement entries in a message's "config": "sha256:<key>" -> digest
 
 
@@ -62,18 +66,20 @@ class Shipment:
 
     files: Mapping[str, Path]
     digests: Mapping[str, str]
+    inline_bytes: int = INLINE_BYTES
 
     @classmethod
     def of(cls, settings: Mapping[str, Any]) -> Shipment:
         files = {key: Path(str(settings[key])) for key in SHARED}
-        return cls(files, {key: sha256_file(path) for key, path in files.items()})
+        inline_bytes = int(settings.get(L.SHIP_INLINE_BYTES, INLINE_BYTES))
+        return cls(files, {key: sha256_file(path) for key, path in files.items()}, inline_bytes)
 
     def announcement(self) -> dict[str, str]:
         """Entries for a message's config record: ``sha256:<key> -> digest``."""
         return {_PREFIX + key: digest for key, digest in self.digests.items()}
 
     def inline(self) -> bool:
-        return sum(path.stat().st_size for path in self.files.values()) <= INLINE_BYTES
+        return sum(path.stat().st_size for path in self.files.values()) <= self.inline_bytes
 
     def payload(self, keys: Iterable[str]) -> ArrayRecord:
         return ArrayRecord({key: Array(np.frombuffer(self.files[key].read_bytes(), dtype=np.uint8))
@@ -179,7 +185,10 @@ def receive(msg: Message, context: Context, settings: Mapping[str, Any]) -> Mess
     """A shipment: store its files in the site's cache."""
     s = L.merged(settings, context.run_config)
     site, _, _ = L.site_paths(s, context.node_config)
-    store(s, context.node_config, announced(msg), msg.content[PAYLOAD])
+    payload = msg.content[PAYLOAD]
+    stored = store(s, context.node_config, announced(msg), payload)
+    log(INFO, "fedens: site %s stored %s from a %s message (%d bytes)", site, ", ".join(stored), SHIP,
+        sum(int(np.prod(payload[key].shape)) for key in stored))
     return Message(RecordDict({"metrics": MetricRecord({"site": site})}), reply_to=msg)
 
 

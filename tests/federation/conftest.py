@@ -9,3 +9,15 @@ def serverapp_identity():
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.fixture(scope="session")
+def simulated_shrunk_quickstart(tmp_path_factory):
+    """The deployment tests' shrunk quickstart, run once in the Simulation Engine: the result
+    both the loopback and the across-hosts deployment are compared with."""
+    from test_deployment import SHRINK
+
+    from fedens.cli import _compose
+    from fedens.experiment import run
+
+    return run(_compose(list(SHRINK)), run_dir=tmp_path_factory.mktemp("simulated"))

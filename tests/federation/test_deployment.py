@@ -20,7 +20,6 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from fedens.experiment import run
 from fedens.federation import layout as L
 from fedens.federation.checkpoint import checkpoint_path
 from fedens.federation.deployment import DeploymentError, run_in_deployment
@@ -187,7 +186,7 @@ def checkpointed_round(run_dir: Path) -> int:
         return 0
 
 
-def test_quickstart_in_deployment_resumes_and_matches_simulation(pilot, compose, tmp_path):
+def test_quickstart_in_deployment_resumes_and_matches_simulation(pilot, simulated_shrunk_quickstart):
     """The coordinator stops after round 1 (its ``fedens run`` killed, the run stopped at the
     SuperLink); ``fedens run resume=<run dir>`` finishes it with the result of an uninterrupted
     run in simulation. The sites get the shared experts and initial combiner over the wire."""
@@ -214,7 +213,7 @@ def test_quickstart_in_deployment_resumes_and_matches_simulation(pilot, compose,
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming {pilot.run_dir}" in resumed.stdout
     deployed = json.loads((pilot.run_dir / "results.json").read_text())
-    simulated = run(compose(*SHRINK), run_dir=tmp_path)
+    simulated = simulated_shrunk_quickstart
 
     assert deployed["federation"]["resumed"] is True
     rows = json.loads((pilot.run_dir / "federation" / "rounds.json").read_text())["rounds"]

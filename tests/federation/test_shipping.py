@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from in_process_grid import InProcessGrid
 
-from fedens.experiment import _prepare, federation_settings
+from fedens.experiment import ConfigError, _prepare, federation_settings, validate
 from fedens.federation import layout as L
 from fedens.federation import shipping
 from fedens.federation.client_app import make_client_app
@@ -78,12 +78,11 @@ def federate(grid, settings):
 def test_sites_with_only_their_data_and_ledger_train_on_shipped_files(coordinator, tmp_path, monkeypatch,
                                                                       inline):
     cfg, run_dir = coordinator
-    if not inline:  # as for files too large to go with every roll call
-        monkeypatch.setattr(shipping, "INLINE_BYTES", 0)
     shipments = []
     receive = shipping.receive
     monkeypatch.setattr(shipping, "receive", lambda *args: shipments.append(1) or receive(*args))
-    settings = settings_of(cfg, run_dir)
+    # not inline: as for files too large to go with every roll call (federation.ship_inline_bytes=0)
+    settings = {**settings_of(cfg, run_dir), **({} if inline else {L.SHIP_INLINE_BYTES: 0})}
     report, shipped = federate(remote_sites(settings), settings)
     assert len(shipments) == (0 if inline else NUM_SITES)
     assert [r["sites_reporting"] for r in report["rounds"]] == [0, NUM_SITES, NUM_SITES]
@@ -201,3 +200,16 @@ def test_rounds_read_the_expert_outputs_a_site_cached_and_not_the_experts(coordi
     other.write_bytes(b"other experts")
     X = np.zeros((2, 3))
     assert outputs_path(tmp_path, other, X) != outputs_path(tmp_path, run_dir / "experts.pkl", X)
+
+
+def test_the_inline_limit_is_a_run_setting(compose, tmp_path):
+    cfg = compose("federation.ship_inline_bytes=0")
+    assert federation_settings(cfg, tmp_path)[L.SHIP_INLINE_BYTES] == 0
+    for name in ("experts.pkl", "initial_combiner.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    settings = {L.EXPERTS_PATH: str(tmp_path / "experts.pkl"),
+                L.INITIAL_COMBINER_PATH: str(tmp_path / "initial_combiner.pt")}
+    assert shipping.Shipment.of(settings).inline()  # the default: 4 MiB
+    assert not shipping.Shipment.of({**settings, L.SHIP_INLINE_BYTES: 0}).inline()
+    with pytest.raises(ConfigError, match="invalid federation.ship_inline_bytes=-1"):
+        validate(compose("federation.ship_inline_bytes=-1"))
