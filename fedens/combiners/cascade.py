@@ -218,7 +218,7 @@ def choose_grid(
     there and measure, on the other half, (cascade accuracy - that expert's
     accuracy, cost per query); both folds averaged. Returns the cheapest grid
     whose held-out accuracy gap is >= 0 (else the one with the largest gap), and
-    every grid's (gap, cost).
+    every grid's (gap, cost). ``pooled``: for a cascade of pooled stages.
     """
     grids = GRIDS if grids is None else grids
     idx = np.random.default_rng(seed).permutation(len(y))
