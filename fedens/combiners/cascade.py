@@ -101,20 +101,25 @@ def calibrate_per_expert(
     (thresholds, accuracy, cost per query) on (P, y).
     """
     n, K, _ = P.shape
+    confidence, correct = P.max(axis=2), P.argmax(axis=2) == y[:, None]  # per expert
     rows = np.arange(n)
 
     def evaluate(t: np.ndarray) -> tuple[float, float]:
         chain = _chain(costs, t)
-        Q = _stage_outputs(P, chain, pooled)
-        stop = _stops(Q.max(axis=2), t[chain])
-        right = Q[rows, stop].argmax(axis=1) == y
+        if pooled:  # a stage's answer depends on the chain before it
+            Q = _stage_outputs(P, chain, pooled)
+            stop = _stops(Q.max(axis=2), t[chain])
+            right = Q[rows, stop].argmax(axis=1) == y
+        else:  # each stage is one expert: slice what was computed once
+            stop = _stops(confidence[:, chain], t[chain])
+            right = correct[rows, chain[stop]]
         return float(right.mean()), float(np.cumsum(costs[chain])[stop].mean())
 
     def score(acc: float, cost: float) -> tuple[int, float, float]:
         return (0, cost, -acc) if acc >= target_accuracy else (1, -acc, cost)
 
     order = np.argsort(costs, kind="stable")
-    accs = (P.argmax(axis=2) == y[:, None]).mean(axis=0)
+    accs = correct.mean(axis=0)
     anchor = int(min(range(K), key=lambda k: (-accs[k], costs[k], k)))
     cheaper = order[: int(np.flatnonzero(order == anchor)[0])]
     t = np.full(K, np.inf)
