@@ -163,6 +163,10 @@ def _array(x: np.ndarray) -> Any:
     return Array(np.ascontiguousarray(x))
 
 
+def _num_teachers(replies: list[Message]) -> int:
+    return int(sum(r.content["metrics"]["num-teachers"] for r in replies))
+
+
 def wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(node_ids := list(grid.get_node_ids())) < count:
@@ -193,7 +197,7 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
     replies, failed = _send(grid, nodes, "train.teachers", {"config": ConfigRecord({})},
                             float(s.get(L.TEACHER_TIMEOUT, timeout)))
     retrained = int(sum(r.content["metrics"]["trained"] for r in replies))
-    say(f"teachers  {int(sum(r.content['metrics']['num-teachers'] for r in replies))} at {len(replies)} "
+    say(f"teachers  {_num_teachers(replies)} at {len(replies)} "
         f"sites ({retrained} sites trained, the rest cached) [{time.monotonic() - started:.0f} s]"
         + (f"; failed: {failed}" if failed else ""))
 
@@ -219,7 +223,7 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
             say(f"queries  batch {b}: no site contributed ({failed})")
             continue
         votes = sum(r.content["votes"]["votes"].numpy() for r in replies)
-        voting = int(sum(r.content["metrics"]["num-teachers"] for r in replies))
+        voting = _num_teachers(replies)
         teachers = max(teachers, voting)
         release = mechanism.release(votes, rng)
         contributors = [r.metadata.src_node_id for r in replies]
