@@ -166,22 +166,22 @@ def run_network(rows: dict[str, Row], data: TaskData, experts: list, outputs: li
             model = federate(initial, val.X, P_val, val.y, sites, seed)
             gated_rows(add, f"{name}, DP", model, P, test.X, costs)
 
-    best = max((P_val[:, k].argmax(1) == val.y).mean() for k in range(K))  # best single, on validation
+    target = max((P_val[:, k].argmax(1) == val.y).mean() for k in range(K))  # best single, on validation
     # the same target with one standard error of that accuracy to spare, so that a cascade that only
     # just reaches it on validation queries does not fall short on new ones
-    spare = min(1.0, best + np.sqrt(best * (1 - best) / len(val.y)))
+    spare = min(1.0, target + np.sqrt(target * (1 - target) / len(val.y)))
     grid_name, _ = choose_grid(P_val, val.y, costs, seed=seed)
     pooled_grid, _ = choose_grid(P_val, val.y, costs, seed=seed, pooled=True)
-    for label, per_expert, grid, pooled, target in (
-            ("shared threshold", False, None, False, best),
-            ("per-expert thresholds, fine grid", True, None, False, best),
-            ("per-expert thresholds, grid by 2-fold CV", True, grid_name, False, best),
+    for label, per_expert, grid, pooled, aim in (
+            ("shared threshold", False, None, False, target),
+            ("per-expert thresholds, fine grid", True, None, False, target),
+            ("per-expert thresholds, grid by 2-fold CV", True, grid_name, False, target),
             ("per-expert thresholds, grid by 2-fold CV, target + 1 s.e.", True, grid_name, False, spare),
-            ("pooled stages, per-expert thresholds, grid by 2-fold CV", True, pooled_grid, True, best)):
+            ("pooled stages, per-expert thresholds, grid by 2-fold CV", True, pooled_grid, True, target)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a missed target shows in the table
             cascade = CascadeCombiner(costs, pooled=pooled).calibrate(
-                P_val, val.y, target_accuracy=target, per_expert=per_expert, grid=GRIDS.get(grid))
+                P_val, val.y, target_accuracy=aim, per_expert=per_expert, grid=GRIDS.get(grid))
         add(f"cascade, {label} (validation target: best single)", cascade.combine(P),
             cascade.expert_calls_per_query(P), cascade.cost_per_query(P), grid)
 
