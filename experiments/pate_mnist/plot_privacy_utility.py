@@ -1,13 +1,19 @@
 """Privacy-utility plot of a pate_mnist sweep, with the papers' points marked.
 
-    .venv/bin/python experiments/pate_mnist/plot_privacy_utility.py multirun/pate_sigma2 [out.png]
+    .venv/bin/python experiments/pate_mnist/plot_privacy_utility.py multirun/pate_sigma2 \
+        --out experiments/pate_mnist/privacy_utility.png --extra outputs/pate_frugal
 
-Reads every results.json under the sweep folder; x is epsilon at delta=1e-5
-(data-dependent, filled; data-independent guarantee, hollow), y the student's
-test accuracy.
+Reads every results.json under the sweep folder (and under each --extra run,
+drawn in another colour); x is epsilon at delta=1e-5, y the student's test
+accuracy. Each run has up to three epsilons, joined by a grey line: the
+guarantee each site's budget holds (worst case, every query answered: cross),
+the data-independent epsilon of the answered queries (Papernot-style: hollow)
+and the data-dependent one (filled; Confident-GNMax only).
 """
 
+import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,41 +24,78 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedens.pate import ANCHORS  # noqa: E402
 
-sweep = Path(sys.argv[1])
-out = Path(sys.argv[2]) if len(sys.argv) > 2 else sweep / "privacy_utility.png"
-points = []
-for path in sorted(sweep.glob("**/results.json")):
-    r = json.loads(path.read_text())
-    if r["metrics"]["test_accuracy"] is None:
-        continue
-    dd = r["privacy"]["data_dependent"]
-    sigma2 = r["privacy"]["mechanism"].split("'sigma2': ")[1].split("}")[0]
-    points.append((float(sigma2), dd["epsilon_data_dependent"], r["privacy"]["epsilon_max"],
-                   r["metrics"]["test_accuracy"], r["metrics"]["queries_answered"]))
-if not points:
-    sys.exit(f"no finished pate_mnist runs under {sweep}")
-points.sort()
-fig, ax = plt.subplots(figsize=(7, 4.5))
-ax.plot([p[1] for p in points], [p[3] for p in points], "o", color="C0",
-        label="fedens: ε data-dependent")
-ax.plot([p[2] for p in points], [p[3] for p in points], "o", color="C0", mfc="none",
-        label="fedens: ε data-independent (guarantee)")
-for sigma2, dd, di, acc, _ in points:  # one grey line joins the two epsilons of a run
-    ax.plot([dd, di], [acc, acc], color="0.7", lw=0.8, zorder=0)
-    ax.annotate(f"σ2={sigma2:g}", (di, acc), textcoords="offset points", xytext=(5, -3), fontsize=7)
-for key, marker in (("scalable_pate_2018", "*"), ("pate_2017", "s")):
-    a = ANCHORS[key]
-    ax.plot([a["epsilon"]], [a["student_accuracy"]], marker, color="C3", markersize=11,
-            label=f"{key.replace('_', ' ')} (published, data-dependent)")
-ax.axhline(ANCHORS["non_private"]["student_accuracy"], color="k", lw=0.8, ls=":",
-           label="non-private (published)")
-ax.set_xlabel("ε at δ = 1e-5")
-ax.set_ylabel("student test accuracy")
-ax.set_title("PATE on MNIST across 10 sites (Confident-GNMax, T=200, σ1=150)")
-ax.grid(alpha=0.3)
-ax.legend(fontsize=7, loc="lower right")
-fig.tight_layout()
-fig.savefig(out, dpi=120)
-print(f"{len(points)} runs -> {out}")
-for sigma2, dd, di, acc, answered in points:
-    print(f"sigma2={sigma2:g}  answered {answered}/640  eps_dd {dd:.2f}  eps_di {di:.2f}  student {acc:.3f}")
+
+def load_runs(folder: Path) -> list[dict]:
+    runs = []
+    for path in sorted(folder.glob("**/results.json")):
+        r = json.loads(path.read_text())
+        if r["metrics"]["test_accuracy"] is None:
+            continue
+        p = r["privacy"]
+        sigma = re.search(r"'sigma2?': ([0-9.]+)", p["mechanism"])
+        runs.append({"sigma": float(sigma.group(1)), "mechanism": p["mechanism"].split()[0],
+                     "worst": p["epsilon_worst_case_max"], "answered_di": p["epsilon_max"],
+                     "dd": (p.get("data_dependent") or {}).get("epsilon_data_dependent"),
+                     "accuracy": r["metrics"]["test_accuracy"], "answered": r["metrics"]["queries_answered"],
+                     "queries": r["metrics"]["queries"]})
+    return sorted(runs, key=lambda run: run["sigma"])
+
+
+def draw(ax, runs: list[dict], color: str, name: str) -> None:
+    for i, run in enumerate(runs):
+        label = (lambda what: f"{name}: {what}") if i == 0 else (lambda what: None)
+        ax.plot([run["worst"]], [run["accuracy"]], "x", color=color, label=label("ε guarantee (worst case)"))
+        if run["answered"] < run["queries"]:  # else it equals the worst case
+            ax.plot([run["answered_di"]], [run["accuracy"]], "o", mfc="none", color=color,
+                    label=label("ε data-independent, answered queries"))
+        if run["dd"] is not None:
+            ax.plot([run["dd"]], [run["accuracy"]], "o", color=color, label=label("ε data-dependent"))
+        xs = [x for x in (run["dd"], run["answered_di"], run["worst"]) if x is not None]
+        ax.plot([min(xs), max(xs)], [run["accuracy"]] * 2, color="0.75", lw=0.8, zorder=0)
+        ax.annotate(f"σ={run['sigma']:g}", (run["worst"], run["accuracy"]), textcoords="offset points",
+                    xytext=(5, -3), fontsize=7)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path)
+    parser.add_argument("--out", type=Path, help="default: <sweep>/privacy_utility.png")
+    parser.add_argument("--extra", type=Path, nargs="*", default=[], help="more run folders to mark")
+    args = parser.parse_args()
+    sweep = load_runs(args.sweep)
+    if not sweep:
+        sys.exit(f"no finished pate_mnist runs under {args.sweep}")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    draw(ax, sweep, "C0", "σ2 sweep (Confident-GNMax)" if sweep[0]["mechanism"] == "confident_gnmax"
+         else "sweep")
+    extras = []
+    for i, folder in enumerate(args.extra):
+        runs = load_runs(folder)
+        if not runs:
+            sys.exit(f"no finished pate_mnist run under {folder}")
+        draw(ax, runs, f"C{i + 2}", folder.name)
+        extras += [(folder.name, run) for run in runs]
+    for key, marker in (("scalable_pate_2018", "*"), ("pate_2017", "s")):
+        a = ANCHORS[key]
+        ax.plot([a["epsilon"]], [a["student_accuracy"]], marker, color="C3", markersize=11,
+                label=f"{key.replace('_', ' ')} (published, data-dependent)")
+    ax.axhline(ANCHORS["non_private"]["student_accuracy"], color="k", lw=0.8, ls=":",
+               label="non-private (published)")
+    ax.set_xlabel("ε at δ = 1e-5")
+    ax.set_ylabel("student test accuracy")
+    ax.set_title("PATE on MNIST across 10 sites")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    out = args.out or args.sweep / "privacy_utility.png"
+    fig.savefig(out, dpi=120)
+    print(f"{len(sweep) + len(extras)} runs -> {out}")
+    for name, run in [("sweep", run) for run in sweep] + extras:
+        dd = "-" if run["dd"] is None else f"{run['dd']:.2f}"
+        print(f"{name}  {run['mechanism']} σ={run['sigma']:g}  answered {run['answered']}/{run['queries']}  "
+              f"ε worst case {run['worst']:.2f}  ε answered {run['answered_di']:.2f}  ε data-dependent {dd}  "
+              f"student {run['accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

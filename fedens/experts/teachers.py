@@ -107,19 +107,30 @@ class TeacherCNNs(nn.Module):
         return model.eval()
 
     @torch.no_grad()
-    def predict(self, X: np.ndarray, chunk: int = 500) -> np.ndarray:
-        """Every teacher's label for every image: (T, n) ints."""
+    def predict(self, X: np.ndarray, chunk: int = 500, with_confidence: bool = False):
+        """Every teacher's label for every image: (T, n) ints; with ``with_confidence``
+        also each label's softmax probability (T, n)."""
         x = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(-1, 1, 28, 28)
-        parts = [self(part.expand(-1, self.num_teachers, -1, -1)).argmax(-1) for part in x.split(chunk)]
-        return torch.cat(parts, dim=1).numpy()
+        probs = torch.cat([F.softmax(self(part.expand(-1, self.num_teachers, -1, -1)), -1)
+                           for part in x.split(chunk)], dim=1)
+        confidence, labels = probs.max(-1)
+        return (labels.numpy(), confidence.numpy()) if with_confidence else labels.numpy()
 
-    def votes(self, X: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-        """Vote histogram (n, C): how many teachers chose each class."""
+    def votes(self, X: np.ndarray, num_classes: int | None = None, min_confidence: float = 0.0) -> np.ndarray:
+        """Vote histogram (n, C): how many teachers chose each class.
+
+        With ``min_confidence`` > 0 a teacher whose top softmax probability is below it
+        abstains on that image. Each teacher still adds at most one vote, and whether it
+        does is a function of its own shard and the public image, so replacing one record
+        moves, adds or removes at most one vote: L2 sensitivity <= sqrt(2), as without.
+        """
+        if not 0.0 <= min_confidence < 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1), got {min_confidence!r}")
         C = num_classes or self.num_classes
-        labels = self.predict(X)
+        labels, confidence = self.predict(X, with_confidence=True)
         counts = np.zeros((labels.shape[1], C), dtype=np.int64)
-        for row in labels:
-            counts[np.arange(len(row)), row] += 1
+        for row, sure in zip(labels, confidence >= min_confidence, strict=True):
+            np.add.at(counts, (np.arange(len(row))[sure], row[sure]), 1)
         return counts
 
     def save(self, path: Path) -> None:

@@ -1,6 +1,7 @@
 """PATE teachers: grouped CNNs, one per shard, with per-image augmentation."""
 
 import numpy as np
+import pytest
 import torch
 
 from fedens.experts.teachers import TeacherCNNs, TeacherConfig, augment
@@ -25,3 +26,23 @@ def test_a_teacher_sees_only_its_own_shard_with_augmentation_on():
     config = TeacherConfig(steps=40, shift_px=2, rotate_deg=10)
     teachers = TeacherCNNs.fit(shards, labels, config, seed=0)
     assert teachers.predict(shards[0][:5]).tolist() == [[3] * 5, [7] * 5]
+
+
+def test_an_unsure_teacher_abstains_and_no_teacher_votes_twice():
+    rng = np.random.default_rng(0)
+    shards = [rng.random((30, 784), dtype=np.float32) for _ in range(3)]
+    teachers = TeacherCNNs.fit(shards, [np.full(30, 3), np.full(30, 7), np.arange(30) % 10],
+                               TeacherConfig(steps=3), seed=0)  # barely trained: unsure
+    images = rng.random((8, 784), dtype=np.float32)
+    labels, confidence = teachers.predict(images, with_confidence=True)
+    assert labels.shape == confidence.shape == (3, 8)
+    assert (teachers.votes(images).sum(axis=1) == 3).all()
+    tau = float(np.median(confidence))
+    votes = teachers.votes(images, min_confidence=tau)
+    expected = np.zeros((8, 10), dtype=np.int64)
+    for t in range(3):
+        for i in range(8):
+            expected[i, labels[t, i]] += confidence[t, i] >= tau
+    assert (votes == expected).all() and 0 < votes.sum() < 24
+    with pytest.raises(ValueError, match="min_confidence must be in"):
+        teachers.votes(images, min_confidence=1.0)
