@@ -81,6 +81,8 @@ def validate_pate(cfg: DictConfig) -> None:
         check(cfg, key, lambda v: is_num(v) and 0 <= v <= 45, "a number in [0, 45] (0: off)")
     check(cfg, "experts.abstain_below", lambda v: is_num(v) and 0 <= v < 1,
           "a number in [0, 1) (0: every teacher votes)")
+    check(cfg, "experts.prior_correction", lambda v: is_num(v) and 0 <= v <= 10,
+          "a number in [0, 10] (0: off)")
     check(cfg, "experts.train_timeout", lambda v: is_num(v) and v > 0, "a number of seconds > 0")
     for key in ("experts.steps", "experts.batch_size", "combiner.steps"):
         check(cfg, key, lambda v: is_int(v) and v >= 1, "an integer >= 1")
@@ -148,7 +150,7 @@ def _settings(cfg: DictConfig, run_dir: Path, teachers: list[int]) -> dict[str, 
         L.TEACHER_STEPS: e.steps, L.TEACHER_BATCH: e.batch_size, L.TEACHER_LR: float(e.lr),
         L.TEACHER_CHANNELS: ",".join(str(c) for c in e.channels),
         L.TEACHER_SHIFT: float(e.augment.shift_px), L.TEACHER_ROTATE: float(e.augment.rotate_deg),
-        L.TEACHER_ABSTAIN: float(e.abstain_below),
+        L.TEACHER_ABSTAIN: float(e.abstain_below), L.TEACHER_PRIOR_CORRECTION: float(e.prior_correction),
         L.TEACHER_CACHE_DIR: str(Path(e.cache_dir).resolve()) if e.cache_dir else "",
         L.POOL_PATH: str(run_dir / "coordinator" / "pool.npz"),
         L.NUM_QUERIES: cfg.privacy.num_queries, L.QUERY_BATCH: cfg.privacy.query_batch,

@@ -47,6 +47,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected)
         (["privacy.query_selection=random"], "privacy.query_selection='random'"),
         (["experts.train_timeout=0"], "experts.train_timeout=0"),
         (["experts.abstain_below=1"], "experts.abstain_below=1"),
+        (["experts.prior_correction=-1"], "experts.prior_correction=-1"),
     ],
 )
 def test_bad_pate_input_is_one_line_exit_2(tmp_path, overrides, expected):

@@ -95,7 +95,7 @@ def test_teachers_are_spread_in_proportion_to_site_sizes(sizes, total):
 @pytest.mark.slow
 def test_pate_with_label_skewed_sites_and_abstaining_teachers(compose, tmp_path):
     results = run(compose(*SHRUNK, "privacy.budget=100", "partition=dirichlet", "partition.alpha=0.3",
-                          "experts.abstain_below=0.3"), run_dir=tmp_path)
+                          "experts.abstain_below=0.3", "experts.prior_correction=1"), run_dir=tmp_path)
     per_site = results["data"]["teachers_per_site"]
     assert sum(per_site) == 10 and results["data"]["partition"] == "dirichlet(0.3)"
     sizes = [len(np.load(tmp_path / "sites" / f"site_{i}" / "data.npz")["y"]) for i in range(2)]

@@ -107,27 +107,32 @@ class TeacherCNNs(nn.Module):
         return model.eval()
 
     @torch.no_grad()
-    def predict(self, X: np.ndarray, chunk: int = 500, with_confidence: bool = False):
+    def predict(self, X: np.ndarray, chunk: int = 500, with_confidence: bool = False,
+                logit_shift: np.ndarray | None = None):
         """Every teacher's label for every image: (T, n) ints; with ``with_confidence``
-        also each label's softmax probability (T, n)."""
+        also each label's softmax probability (T, n). ``logit_shift`` (T, C) is added to
+        each teacher's logits first (e.g. ``label_prior_shift``)."""
         x = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(-1, 1, 28, 28)
-        probs = torch.cat([F.softmax(self(part.expand(-1, self.num_teachers, -1, -1)), -1)
+        shift = 0.0 if logit_shift is None else torch.as_tensor(logit_shift, dtype=torch.float32)[:, None]
+        probs = torch.cat([F.softmax(self(part.expand(-1, self.num_teachers, -1, -1)) + shift, -1)
                            for part in x.split(chunk)], dim=1)
         confidence, labels = probs.max(-1)
         return (labels.numpy(), confidence.numpy()) if with_confidence else labels.numpy()
 
-    def votes(self, X: np.ndarray, num_classes: int | None = None, min_confidence: float = 0.0) -> np.ndarray:
+    def votes(self, X: np.ndarray, num_classes: int | None = None, min_confidence: float = 0.0,
+              logit_shift: np.ndarray | None = None) -> np.ndarray:
         """Vote histogram (n, C): how many teachers chose each class.
 
         With ``min_confidence`` > 0 a teacher whose top softmax probability is below it
-        abstains on that image. Each teacher still adds at most one vote, and whether it
-        does is a function of its own shard and the public image, so replacing one record
-        moves, adds or removes at most one vote: L2 sensitivity <= sqrt(2), as without.
+        abstains on that image. Each teacher still adds at most one vote, and whether and
+        how it votes is a function of its own shard (its logit shift too) and the public
+        image, so replacing one record moves, adds or removes at most one vote: L2
+        sensitivity <= sqrt(2), as without.
         """
         if not 0.0 <= min_confidence < 1.0:
             raise ValueError(f"min_confidence must be in [0, 1), got {min_confidence!r}")
         C = num_classes or self.num_classes
-        labels, confidence = self.predict(X, with_confidence=True)
+        labels, confidence = self.predict(X, with_confidence=True, logit_shift=logit_shift)
         counts = np.zeros((labels.shape[1], C), dtype=np.int64)
         for row, sure in zip(labels, confidence >= min_confidence, strict=True):
             np.add.at(counts, (np.arange(len(row))[sure], row[sure]), 1)
@@ -146,3 +151,15 @@ class TeacherCNNs(nn.Module):
         model = cls(saved["num_teachers"], config, saved["num_classes"])
         model.load_state_dict(saved["state"])
         return model.eval()
+
+
+def label_prior_shift(shard_labels: list[np.ndarray], num_classes: int, strength: float) -> np.ndarray:
+    """Logit adjustment (Menon et al. 2021, *Long-tail learning via logit adjustment*):
+    ``-strength * log prior_t(c)`` per teacher t, its prior the label frequencies of its own
+    shard (plus one per class), so that a teacher trained on a skewed shard votes as if its
+    classes had been balanced. (T, C); 0 leaves the votes as they were.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength!r}")
+    counts = np.stack([np.bincount(y, minlength=num_classes)[:num_classes] for y in shard_labels]) + 1.0
+    return -strength * np.log(counts / counts.sum(axis=1, keepdims=True))

@@ -60,6 +60,7 @@ TEACHER_CHANNELS = "teacher-channels"  # "c1,c2"
 TEACHER_SHIFT = "teacher-shift-px"  # augmentation
 TEACHER_ROTATE = "teacher-rotate-deg"
 TEACHER_ABSTAIN = "teacher-abstain-below"  # a teacher less sure than this does not vote
+TEACHER_PRIOR_CORRECTION = "teacher-prior-correction"  # logit adjustment by the shard's label prior
 TEACHER_CACHE_DIR = "teacher-cache-dir"  # "" : the site's own folder
 TEACHER_TIMEOUT = "teacher-timeout"  # seconds to wait for the sites to train their teachers
 POOL_PATH = "pool-path"  # the coordinator's public, unlabelled query pool

@@ -34,7 +34,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedens.experts.teachers import TeacherCNNs, TeacherConfig
+from fedens.experts.teachers import TeacherCNNs, TeacherConfig, label_prior_shift
 from fedens.federation import layout as L
 from fedens.privacy import BudgetExceeded, Release, make_mechanism
 
@@ -50,8 +50,10 @@ def _teacher_config(s: Mapping[str, Any]) -> TeacherConfig:
                          float(s.get(L.TEACHER_SHIFT, 0.0)), float(s.get(L.TEACHER_ROTATE, 0.0)))
 
 
-def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, TeacherCNNs, bool]:
-    """The site's teachers, trained on disjoint shards of its data or loaded from its cache."""
+def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]
+                   ) -> tuple[int, TeacherCNNs, bool, list[np.ndarray]]:
+    """The site's teachers, trained on disjoint shards of its data or loaded from its cache;
+    also each shard's labels (they never leave the site)."""
     site, data_path, _ = L.site_paths(s, node_config)
     num_teachers, config = int(json.loads(str(s[L.TEACHERS_PER_SITE]))[site]), _teacher_config(s)
     seed = int(s[L.SEED]) * 1000 + site
@@ -63,23 +65,24 @@ def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]) -> tupl
     digest = hashlib.sha256(raw.tobytes() + y.tobytes()).hexdigest()
     key = json.dumps({"teachers": num_teachers, "config": repr(config), "seed": seed, "data_sha256": digest})
     key_file = cache.with_suffix(".json")
-    if cache.is_file() and key_file.is_file() and key_file.read_text() == key:
-        return site, TeacherCNNs.load(cache), False
-    X = raw.astype(np.float32) / 255.0
     if len(y) < num_teachers:
         raise ValueError(f"site {site}: {len(y)} records cannot make {num_teachers} disjoint shards")
     shards = np.array_split(np.random.default_rng(seed).permutation(len(y)), num_teachers)
-    teachers = TeacherCNNs.fit([X[i] for i in shards], [y[i] for i in shards], config, seed)
+    shard_labels = [y[i] for i in shards]
+    if cache.is_file() and key_file.is_file() and key_file.read_text() == key:
+        return site, TeacherCNNs.load(cache), False, shard_labels
+    X = raw.astype(np.float32) / 255.0
+    teachers = TeacherCNNs.fit([X[i] for i in shards], shard_labels, config, seed)
     teachers.save(cache)
     key_file.write_text(key)
-    return site, teachers, True
+    return site, teachers, True, shard_labels
 
 
 def train_teachers(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
     torch.set_num_threads(1)
     s = L.merged(settings, context.run_config)
     started = time.monotonic()
-    site, teachers, trained = _site_teachers(s, context.node_config)
+    site, teachers, trained, _ = _site_teachers(s, context.node_config)
     return Message(RecordDict({"metrics": MetricRecord({
         "site": site, "num-teachers": teachers.num_teachers, "trained": int(trained),
         "seconds": time.monotonic() - started})}), reply_to=msg)
@@ -103,8 +106,10 @@ def answer_votes(msg: Message, context: Context, settings: Mapping[str, Any]) ->
         return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
     finally:
         ledger.close()
-    _, teachers, _ = _site_teachers(s, context.node_config)
-    votes = teachers.votes(images, min_confidence=float(s.get(L.TEACHER_ABSTAIN, 0.0)))
+    _, teachers, _, shard_labels = _site_teachers(s, context.node_config)
+    strength = float(s.get(L.TEACHER_PRIOR_CORRECTION, 0.0))
+    shift = label_prior_shift(shard_labels, teachers.num_classes, strength) if strength else None
+    votes = teachers.votes(images, min_confidence=float(s.get(L.TEACHER_ABSTAIN, 0.0)), logit_shift=shift)
     return Message(RecordDict({
         "votes": ArrayRecord({"votes": _array(votes)}),
         "metrics": MetricRecord({"site": site, "num-teachers": teachers.num_teachers}),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedens.experts.teachers import TeacherCNNs, TeacherConfig, augment
+from fedens.experts.teachers import TeacherCNNs, TeacherConfig, augment, label_prior_shift
 
 
 def test_augment_moves_each_image_on_its_own_and_is_off_at_zero():
@@ -46,3 +46,25 @@ def test_an_unsure_teacher_abstains_and_no_teacher_votes_twice():
     assert (votes == expected).all() and 0 < votes.sum() < 24
     with pytest.raises(ValueError, match="min_confidence must be in"):
         teachers.votes(images, min_confidence=1.0)
+
+
+def test_the_label_prior_shift_is_minus_log_of_each_shards_smoothed_label_frequencies():
+    shard_labels = [np.array([0, 0, 0, 1]), np.array([2])]
+    shift = label_prior_shift(shard_labels, 3, strength=0.5)
+    expected = -0.5 * np.log(np.array([[4, 2, 1], [1, 1, 2]]) / np.array([[7], [4]]))
+    np.testing.assert_allclose(shift, expected)
+    assert not label_prior_shift(shard_labels, 3, strength=0.0).any()
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        label_prior_shift(shard_labels, 3, strength=-1)
+
+
+def test_a_logit_shift_moves_each_teachers_vote_and_only_its_own():
+    rng = np.random.default_rng(0)
+    shards = [rng.random((30, 784), dtype=np.float32) for _ in range(2)]
+    teachers = TeacherCNNs.fit(shards, [np.full(30, 3), np.full(30, 7)], TeacherConfig(steps=40), seed=0)
+    images = rng.random((5, 784), dtype=np.float32)
+    shift = np.zeros((2, 10))
+    shift[1, 5] = 1e3  # only teacher 1 is pushed to class 5
+    assert teachers.predict(images, logit_shift=shift).tolist() == [[3] * 5, [5] * 5]
+    votes = teachers.votes(images, logit_shift=shift)
+    assert (votes[:, 3] == 1).all() and (votes[:, 5] == 1).all() and (votes.sum(axis=1) == 2).all()
