@@ -79,8 +79,6 @@ def validate_pate(cfg: DictConfig) -> None:
               f"a number > 0 with order * (1 - exp(-2 beta)) < 1 (order={ss.order})")
     for key in ("experts.augment.shift_px", "experts.augment.rotate_deg"):
         check(cfg, key, lambda v: is_num(v) and 0 <= v <= 45, "a number in [0, 45] (0: off)")
-    check(cfg, "experts.abstain_below", lambda v: is_num(v) and 0 <= v < 1,
-          "a number in [0, 1) (0: every teacher votes)")
     check(cfg, "experts.prior_correction", lambda v: is_num(v) and 0 <= v <= 10,
           "a number in [0, 10] (0: off)")
     check(cfg, "experts.train_timeout", lambda v: is_num(v) and v > 0, "a number of seconds > 0")
@@ -150,7 +148,7 @@ def _settings(cfg: DictConfig, run_dir: Path, teachers: list[int]) -> dict[str, 
         L.TEACHER_STEPS: e.steps, L.TEACHER_BATCH: e.batch_size, L.TEACHER_LR: float(e.lr),
         L.TEACHER_CHANNELS: ",".join(str(c) for c in e.channels),
         L.TEACHER_SHIFT: float(e.augment.shift_px), L.TEACHER_ROTATE: float(e.augment.rotate_deg),
-        L.TEACHER_ABSTAIN: float(e.abstain_below), L.TEACHER_PRIOR_CORRECTION: float(e.prior_correction),
+        L.TEACHER_PRIOR_CORRECTION: float(e.prior_correction),
         L.TEACHER_CACHE_DIR: str(Path(e.cache_dir).resolve()) if e.cache_dir else "",
         L.POOL_PATH: str(run_dir / "coordinator" / "pool.npz"),
         L.NUM_QUERIES: cfg.privacy.num_queries, L.QUERY_BATCH: cfg.privacy.query_batch,
@@ -244,9 +242,7 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "mechanism": f"{cfg.privacy.mechanism} {_mechanism_params(cfg)}, every site charged",
             "data_dependent": {**analysis, "label": "data-dependent (Papernot et al. 2018); "
                                "a bound on these votes, not itself a DP release"} if analysis else {
-                "label": "not computed: derived for Confident-GNMax over votes of every teacher"
-                         + (" (here teachers abstain: experts.abstain_below > 0)"
-                            if cfg.experts.abstain_below > 0 else "")},
+                "label": "not computed: derived for Confident-GNMax only"},
         },
         "timing": {"wall_s": time.monotonic() - started, "federation_s": outcome["seconds"]},
     }

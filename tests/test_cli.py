@@ -46,7 +46,6 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected)
         (["privacy.sigma2=-40"], "privacy.sigma2=-40"),
         (["privacy.query_selection=random"], "privacy.query_selection='random'"),
         (["experts.train_timeout=0"], "experts.train_timeout=0"),
-        (["experts.abstain_below=1"], "experts.abstain_below=1"),
         (["experts.prior_correction=-1"], "experts.prior_correction=-1"),
     ],
 )

@@ -107,35 +107,32 @@ class TeacherCNNs(nn.Module):
         return model.eval()
 
     @torch.no_grad()
-    def predict(self, X: np.ndarray, chunk: int = 500, with_confidence: bool = False,
-                logit_shift: np.ndarray | None = None):
-        """Every teacher's label for every image: (T, n) ints; with ``with_confidence``
-        also each label's softmax probability (T, n). ``logit_shift`` (T, C) is added to
-        each teacher's logits first (e.g. ``label_prior_shift``)."""
+    def logits(self, X: np.ndarray, chunk: int = 500) -> torch.Tensor:
+        """Every teacher's logits for every image: (T, n, C)."""
         x = torch.as_tensor(np.asarray(X, dtype=np.float32)).reshape(-1, 1, 28, 28)
-        shift = 0.0 if logit_shift is None else torch.as_tensor(logit_shift, dtype=torch.float32)[:, None]
-        probs = torch.cat([F.softmax(self(part.expand(-1, self.num_teachers, -1, -1)) + shift, -1)
-                           for part in x.split(chunk)], dim=1)
-        confidence, labels = probs.max(-1)
-        return (labels.numpy(), confidence.numpy()) if with_confidence else labels.numpy()
+        return torch.cat([self(part.expand(-1, self.num_teachers, -1, -1)) for part in x.split(chunk)], dim=1)
 
-    def votes(self, X: np.ndarray, num_classes: int | None = None, min_confidence: float = 0.0,
+    def predict(self, X: np.ndarray, logit_shift: np.ndarray | None = None) -> np.ndarray:
+        """Every teacher's label for every image: (T, n) ints. ``logit_shift`` (T, C) is
+        added to each teacher's logits first (e.g. ``label_prior_shift``)."""
+        logits = self.logits(X)
+        if logit_shift is not None:
+            logits = logits + torch.as_tensor(logit_shift, dtype=torch.float32)[:, None]
+        return logits.argmax(-1).numpy()
+
+    def votes(self, X: np.ndarray, num_classes: int | None = None,
               logit_shift: np.ndarray | None = None) -> np.ndarray:
         """Vote histogram (n, C): how many teachers chose each class.
 
-        With ``min_confidence`` > 0 a teacher whose top softmax probability is below it
-        abstains on that image. Each teacher still adds at most one vote, and whether and
-        how it votes is a function of its own shard (its logit shift too) and the public
-        image, so replacing one record moves, adds or removes at most one vote: L2
-        sensitivity <= sqrt(2), as without.
+        With a ``logit_shift`` each teacher still casts one vote, and how it votes is a
+        function of its own shard (the shift too) and the public image: replacing one
+        record moves at most one vote, L2 sensitivity sqrt(2), as without.
         """
-        if not 0.0 <= min_confidence < 1.0:
-            raise ValueError(f"min_confidence must be in [0, 1), got {min_confidence!r}")
         C = num_classes or self.num_classes
-        labels, confidence = self.predict(X, with_confidence=True, logit_shift=logit_shift)
+        labels = self.predict(X, logit_shift=logit_shift)
         counts = np.zeros((labels.shape[1], C), dtype=np.int64)
-        for row, sure in zip(labels, confidence >= min_confidence, strict=True):
-            np.add.at(counts, (np.arange(len(row))[sure], row[sure]), 1)
+        for row in labels:
+            counts[np.arange(len(row)), row] += 1
         return counts
 
     def save(self, path: Path) -> None:

@@ -59,7 +59,6 @@ TEACHER_LR = "teacher-lr"
 TEACHER_CHANNELS = "teacher-channels"  # "c1,c2"
 TEACHER_SHIFT = "teacher-shift-px"  # augmentation
 TEACHER_ROTATE = "teacher-rotate-deg"
-TEACHER_ABSTAIN = "teacher-abstain-below"  # a teacher less sure than this does not vote
 TEACHER_PRIOR_CORRECTION = "teacher-prior-correction"  # logit adjustment by the shard's label prior
 TEACHER_CACHE_DIR = "teacher-cache-dir"  # "" : the site's own folder
 TEACHER_TIMEOUT = "teacher-timeout"  # seconds to wait for the sites to train their teachers

@@ -109,7 +109,7 @@ def answer_votes(msg: Message, context: Context, settings: Mapping[str, Any]) ->
     _, teachers, _, shard_labels = _site_teachers(s, context.node_config)
     strength = float(s.get(L.TEACHER_PRIOR_CORRECTION, 0.0))
     shift = label_prior_shift(shard_labels, teachers.num_classes, strength) if strength else None
-    votes = teachers.votes(images, min_confidence=float(s.get(L.TEACHER_ABSTAIN, 0.0)), logit_shift=shift)
+    votes = teachers.votes(images, logit_shift=shift)
     return Message(RecordDict({
         "votes": ArrayRecord({"votes": _array(votes)}),
         "metrics": MetricRecord({"site": site, "num-teachers": teachers.num_teachers}),
@@ -262,11 +262,7 @@ def _write_outcome(s: Mapping[str, Any], mechanism: Any, labels: np.ndarray, ans
     np.savez(out / "released_labels.npz", labels=labels, answered=answered)
     asked = votes.sum(axis=1) > 0
     analysis = None
-    # the data-dependent analysis (and its smooth-sensitivity release) was derived for
-    # histograms in which every teacher votes; with abstaining teachers only the
-    # data-independent guarantee, which holds unchanged, is reported
-    abstaining = float(s.get(L.TEACHER_ABSTAIN, 0.0)) > 0
-    if mechanism.name == "confident_gnmax" and asked.any() and not abstaining:
+    if mechanism.name == "confident_gnmax" and asked.any():
         p = mechanism.params()
         analysis = analyze_pate(votes[asked], sigma=p["sigma2"], delta=float(s[L.DELTA]),
                                 threshold=p["threshold"], sigma_threshold=p["sigma1"],

@@ -28,26 +28,6 @@ def test_a_teacher_sees_only_its_own_shard_with_augmentation_on():
     assert teachers.predict(shards[0][:5]).tolist() == [[3] * 5, [7] * 5]
 
 
-def test_an_unsure_teacher_abstains_and_no_teacher_votes_twice():
-    rng = np.random.default_rng(0)
-    shards = [rng.random((30, 784), dtype=np.float32) for _ in range(3)]
-    teachers = TeacherCNNs.fit(shards, [np.full(30, 3), np.full(30, 7), np.arange(30) % 10],
-                               TeacherConfig(steps=3), seed=0)  # barely trained: unsure
-    images = rng.random((8, 784), dtype=np.float32)
-    labels, confidence = teachers.predict(images, with_confidence=True)
-    assert labels.shape == confidence.shape == (3, 8)
-    assert (teachers.votes(images).sum(axis=1) == 3).all()
-    tau = float(np.median(confidence))
-    votes = teachers.votes(images, min_confidence=tau)
-    expected = np.zeros((8, 10), dtype=np.int64)
-    for t in range(3):
-        for i in range(8):
-            expected[i, labels[t, i]] += confidence[t, i] >= tau
-    assert (votes == expected).all() and 0 < votes.sum() < 24
-    with pytest.raises(ValueError, match="min_confidence must be in"):
-        teachers.votes(images, min_confidence=1.0)
-
-
 def test_the_label_prior_shift_is_minus_log_of_each_shards_smoothed_label_frequencies():
     shard_labels = [np.array([0, 0, 0, 1]), np.array([2])]
     shift = label_prior_shift(shard_labels, 3, strength=0.5)
