@@ -8,7 +8,7 @@
 NETNS_SUBNET=10.77.0
 NETNS_MARK="fedens pilot rehearsal (scripts/pilot --netns)"  # the comment of the users made here
 NETNS_LOCK=/run/fedens-pilot-netns.lock  # one rehearsal at a time: they share the user names
-netns_tag=$$; netns_made=(); users_made=(); opened=(); staging=""
+netns_tag=$$; netns_made=(); users_made=(); opened=(); listed=(); staging=""
 
 netns_preflight() {  # root, `ip netns` that works here, at most 245 sites; else one line and exit 2
   [ "$(id -u)" = 0 ] || { echo "scripts/pilot: --netns needs root (it makes namespaces and users), running as uid $(id -u)" >&2; exit 2; }
@@ -50,6 +50,10 @@ open_path() {  # let every user traverse to each path (o+x on each directory up 
   done
 }
 
+open_listing() {  # let every user list a folder (o+r; e.g. a clone made by `mktemp -d` is 0700); undone at exit
+  (( 0$(stat -c %a "$1") & 4 )) || { chmod o+r "$1"; listed+=("$1"); }
+}
+
 netns_up() {  # the namespaces, the bridge, one veth pair per party, the users, the parties' folders
   exec {netns_lock_fd}> "$NETNS_LOCK"
   flock -n "$netns_lock_fd" || { echo "scripts/pilot: another --netns rehearsal is running (lock $NETNS_LOCK)" >&2; exit 1; }
@@ -70,6 +74,7 @@ netns_up() {  # the namespaces, the bridge, one veth pair per party, the users, 
   done
   # what the parties' processes read: the interpreter, the venv, the fedens source, their folders
   open_path "$(python -c 'import sys; print(sys.base_prefix)')" "$PWD/.venv" "$PWD" "$hosts_dir"
+  open_listing "$PWD"  # `flwr run` packs the app from this folder as the coordinator's user
   echo "scripts/pilot: coordinator $(party_user coordinator) at $(party_addr coordinator), site i" \
        "fedens-site-i at $NETNS_SUBNET.(10+i), each in its own network namespace (fedens-$netns_tag-*)"
 }
@@ -128,8 +133,8 @@ netns_seal() {  # each folder to its party's user, mode 0700; then check who can
 }
 
 netns_down() {  # every process in the namespaces, the namespaces (their veths and bridge go with them),
-  # the users made, the o+x bits added; tolerant of any partial state
-  local ns pid user i
+  # the users made, the o+x and o+r bits added; tolerant of any partial state
+  local ns pid user i d
   for ns in "${netns_made[@]}"; do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
   done
@@ -143,6 +148,7 @@ netns_down() {  # every process in the namespaces, the namespaces (their veths a
     userdel "$user" 2>/dev/null || echo "scripts/pilot: could not remove user $user" >&2
   done
   for ((i = ${#opened[@]} - 1; i >= 0; i--)); do chmod o-x "${opened[$i]}" 2>/dev/null || true; done
+  for d in "${listed[@]}"; do chmod o-r "$d" 2>/dev/null || true; done
   [ -z "$staging" ] || rm -rf "$staging"
-  netns_made=(); users_made=(); opened=(); staging=""
+  netns_made=(); users_made=(); opened=(); listed=(); staging=""
 }

@@ -77,7 +77,7 @@ def rehearsal():
 
 def run_rehearsal(base: Path) -> dict:
     """``scripts/pilot --netns`` with its output; while its parties exist, reads across their folders."""
-    before = {**modes_up_to(base), **modes_up_to(Path(sys.base_prefix))}
+    before = {**modes_up_to(base), **modes_up_to(Path(sys.base_prefix)), **modes_up_to(ROOT)}
     proc = subprocess.Popen([*PILOT, *OVERRIDES, "federation.run_timeout=900"], cwd=ROOT, text=True,
                             env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PILOT_DIR": str(base)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -162,8 +162,8 @@ def test_rehearsal_leaves_nothing_behind(rehearsal):
     uids = {p.stat().st_uid for p in rehearsal["hosts"].iterdir()} - {0}
     left = [p.info for p in psutil.process_iter(["pid", "uids", "cmdline"]) if p.info["uids"].real in uids]
     assert not left
-    after = {**modes_up_to(rehearsal["base"]), **modes_up_to(Path(sys.base_prefix))}
-    assert after == rehearsal["modes_before"]  # the o+x it added to reach the venv and its folders are gone
+    after = {**modes_up_to(rehearsal["base"]), **modes_up_to(Path(sys.base_prefix)), **modes_up_to(ROOT)}
+    assert after == rehearsal["modes_before"]  # the o+x (and o+r) it added are gone
 
 
 def test_bad_input_is_one_line_and_exit_2():
