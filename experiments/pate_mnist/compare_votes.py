@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from fedens.data.mnist import load_mnist
 from fedens.experts.teachers import TeacherCNNs, label_prior_shift
+from fedens.federation.pate_apps import teacher_seed, teacher_shards
 
 run = Path(sys.argv[1])
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 640
@@ -33,9 +34,7 @@ logits, shards = [], []
 for site in range(cfg.federation.num_sites):
     teachers = TeacherCNNs.load(teacher_dir / f"site_{site}" / "teachers.pt")
     y = np.load(run / "sites" / f"site_{site}" / "data.npz")["y"]
-    parts = np.array_split(np.random.default_rng(cfg.seed * 1000 + site).permutation(len(y)),
-                           teachers.num_teachers)
-    shards += [y[p] for p in parts]
+    shards += [y[p] for p in teacher_shards(len(y), teachers.num_teachers, teacher_seed(cfg.seed, site))]
     with torch.no_grad():
         logits.append(teachers.logits(queries).numpy())
 logits = np.concatenate(logits)  # (T, n, C)

@@ -43,7 +43,8 @@ def load_runs(folder: Path) -> list[dict]:
 
 def draw(ax, runs: list[dict], color: str, name: str) -> None:
     for i, run in enumerate(runs):
-        label = (lambda what: f"{name}: {what}") if i == 0 else (lambda what: None)
+        def label(what: str, first: bool = i == 0) -> str | None:  # one legend entry per kind
+            return f"{name}: {what}" if first else None
         ax.plot([run["worst"]], [run["accuracy"]], "x", color=color, label=label("ε guarantee (worst case)"))
         if run["answered"] < run["queries"]:  # else it equals the worst case
             ax.plot([run["answered_di"]], [run["accuracy"]], "o", mfc="none", color=color,

@@ -50,13 +50,23 @@ def _teacher_config(s: Mapping[str, Any]) -> TeacherConfig:
                          float(s.get(L.TEACHER_SHIFT, 0.0)), float(s.get(L.TEACHER_ROTATE, 0.0)))
 
 
+def teacher_seed(run_seed: int, site: int) -> int:
+    """The seed of a site's teachers: their shards and their training."""
+    return run_seed * 1000 + site
+
+
+def teacher_shards(num_records: int, num_teachers: int, seed: int) -> list[np.ndarray]:
+    """The disjoint shards (record indices) a site trains its teachers on."""
+    return np.array_split(np.random.default_rng(seed).permutation(num_records), num_teachers)
+
+
 def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]
                    ) -> tuple[int, TeacherCNNs, bool, list[np.ndarray]]:
     """The site's teachers, trained on disjoint shards of its data or loaded from its cache;
     also each shard's labels (they never leave the site)."""
     site, data_path, _ = L.site_paths(s, node_config)
     num_teachers, config = int(json.loads(str(s[L.TEACHERS_PER_SITE]))[site]), _teacher_config(s)
-    seed = int(s[L.SEED]) * 1000 + site
+    seed = teacher_seed(int(s[L.SEED]), site)
     shared = str(s.get(L.TEACHER_CACHE_DIR) or "")
     cache = (Path(shared) / f"site_{site}" if shared else data_path.parent) / "teachers.pt"
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +77,7 @@ def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]
     key_file = cache.with_suffix(".json")
     if len(y) < num_teachers:
         raise ValueError(f"site {site}: {len(y)} records cannot make {num_teachers} disjoint shards")
-    shards = np.array_split(np.random.default_rng(seed).permutation(len(y)), num_teachers)
+    shards = teacher_shards(len(y), num_teachers, seed)
     shard_labels = [y[i] for i in shards]
     if cache.is_file() and key_file.is_file() and key_file.read_text() == key:
         return site, TeacherCNNs.load(cache), False, shard_labels
