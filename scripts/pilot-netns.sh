@@ -25,11 +25,22 @@ party_addr() { if [ "$1" = coordinator ]; then echo "$NETNS_SUBNET.1"; else echo
 party_dir() { if [ "$1" = coordinator ]; then echo "$link_dir"; else site_dir "${1#site_}"; fi; }
 parties() { echo coordinator; for ((i = 0; i < sites; i++)); do echo "site_$i"; done; }
 
+# The numeric libraries' settings pass through on purpose: OpenBLAS chooses its kernels by
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (set on machines whose processors older builds mishandle), and
+# thread counts change float summation order. Without them the parties would compute with other
+# kernels than a simulation on the same machine, and their floats would differ.
+NUMERIC_ENV_PATTERN='^(OPENBLAS_[A-Z0-9_]*|GOTO_[A-Z0-9_]*|OMP_[A-Z0-9_]*|MKL_[A-Z0-9_]*|BLIS_[A-Z0-9_]*|NVPL_[A-Z0-9_]*)='
+
+numeric_env() {  # the numeric-library variables of this environment, as NAME=value words
+  env | grep -E "$NUMERIC_ENV_PATTERN" || true
+}
+
 netns_as() {  # sets `as`: run a command in party $1's namespace, as its user, HOME its folder
-  local user; user=$(party_user "$1")
+  local user numeric; user=$(party_user "$1")
+  mapfile -t numeric < <(numeric_env)
   as=(ip netns exec "$(party_ns "$1")" setpriv --reuid="$user" --regid="$user" --init-groups
       env -i PATH="$PWD/.venv/bin:/usr/local/bin:/usr/bin:/bin" HOME="$(party_dir "$1")" LANG=C.UTF-8
-      FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1)
+      FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 "${numeric[@]}")
 }
 
 make_user() {  # made unless it exists; removed at exit if it carries our mark (made now or by a crashed rehearsal)
