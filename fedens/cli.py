@@ -50,47 +50,57 @@ def _explain_hydra_error(error: Exception, overrides: list[str]) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _compose(overrides: list[str]):  # type: ignore[no-untyped-def]
+def _compose(overrides: list[str], with_hydra: bool = False):  # type: ignore[no-untyped-def]
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def _prevalidate(overrides: list[str]) -> None:
-    """Compose and validate before Hydra creates a run directory: nothing half-written."""
+    """Compose and validate before Hydra creates a run directory: nothing half-written, and a
+    directory that holds a run is refused before Hydra overwrites its saved config."""
     from hydra.errors import HydraException
+    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from fedens.experiment import ConfigError, validate
+    from fedens.experiment import ConfigError, check_run_dir, validate
 
     try:
-        cfg = _compose(overrides)
+        cfg = _compose(overrides, with_hydra=True)
+        run_dir = Path(str(cfg.hydra.run.dir)).resolve()
+        with open_dict(cfg):
+            del cfg["hydra"]
         validate(cfg)
+        check_run_dir(run_dir, resume=False)
     except ConfigError as error:
         fail(str(error))
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         fail(_explain_hydra_error(error, overrides))
 
 
-def _hydra_task(cfg) -> None:  # type: ignore[no-untyped-def]
-    from fedens.experiment import ConfigError, run
+def _run_or_exit(cfg, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """``run(cfg)``; bad config: one line, exit 2; a federation or deployment that failed: one
+    line, exit 1."""
+    from fedens.experiment import ConfigError, FederationFailed, run
     from fedens.federation.deployment import DeploymentError
 
     try:
-        run(cfg)
+        run(cfg, **kwargs)
     except ConfigError as error:
         fail(str(error))
-    except DeploymentError as error:
+    except (DeploymentError, FederationFailed) as error:
         print(f"fedens: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _hydra_task(cfg) -> None:  # type: ignore[no-untyped-def]
+    _run_or_exit(cfg)
 
 
 def resume_command(run_dir: str, others: list[str]) -> None:
     """``fedens run resume=RUN_DIR``: continue that run with its own saved config."""
     from omegaconf import OmegaConf
-
-    from fedens.experiment import ConfigError, run
 
     if others:
         fail(f"resume takes no other overrides (got {' '.join(others)}): the run continues with the "
@@ -98,10 +108,7 @@ def resume_command(run_dir: str, others: list[str]) -> None:
     saved = Path(run_dir) / ".hydra" / "config.yaml"
     if not saved.is_file():
         fail(f"resume={run_dir}: no {saved}; expected a fedens run directory")
-    try:
-        run(OmegaConf.load(saved), run_dir=run_dir, resume=True)
-    except ConfigError as error:
-        fail(str(error))
+    _run_or_exit(OmegaConf.load(saved), run_dir=run_dir, resume=True)
 
 
 def run_command(args: list[str]) -> None:
@@ -124,26 +131,56 @@ def run_command(args: list[str]) -> None:
     main_fn()
 
 
-def ledger_command(args: list[str]) -> None:
-    from fedens.privacy import PrivacyLedger
+LEDGER_USAGE = """usage: fedens ledger RUN_DIR [--json]
 
+  Epsilon spent and left per site, read from RUN_DIR/sites/site_<i>/ledger.sqlite
+  (read-only: nothing is written to a ledger or beside it).
+
+  --json   every site's summary and events, each event in dp-accounting's own
+           serialisable form (DpEvent.to_named_tuple), so epsilon can be recomputed
+  exit status: 0 every ledger read; 1 some ledger could not be read (named on stderr,
+  the others still printed); 2 bad usage or no ledgers"""
+
+
+def ledger_command(args: list[str]) -> None:
+    from fedens.privacy import LedgerUnreadable, PrivacyLedger
+
+    if any(a in ("-h", "--help") for a in args):
+        print(LEDGER_USAGE)
+        return
     as_json = "--json" in args
     paths = [a for a in args if a != "--json"]
-    if len(paths) != 1:
+    if len(paths) != 1 or paths[0].startswith("-"):
         fail("ledger takes one run directory: fedens ledger RUN_DIR [--json]")
     run_dir = Path(paths[0])
     ledgers = sorted(run_dir.glob("sites/site_*/ledger.sqlite"),
-                     key=lambda p: int(p.parent.name.split("_")[1]))
+                     key=lambda p: (len(p.parent.name), p.parent.name))
     if not ledgers:
         fail(f"no site ledgers under {run_dir}/sites/*/ledger.sqlite: is it a fedens run directory?")
-    report = {}
+    report, unreadable = {}, []
     for path in ledgers:
-        ledger = PrivacyLedger.open_existing(path)
-        report[ledger.site] = {**ledger.summary(), "records": ledger.records()}
-        ledger.close()
+        try:
+            ledger = PrivacyLedger.read(path)
+        except LedgerUnreadable as error:
+            unreadable.append(f"{path.parent.name}: {error}")
+            continue
+        try:
+            report[ledger.site] = {**ledger.summary(), "records": ledger.records()}
+        except Exception as error:  # a file that opens but whose rows are damaged
+            unreadable.append(f"{path.parent.name}: {path}: not a readable privacy ledger ({error})")
+        finally:
+            ledger.close()
     if as_json:
         print(json.dumps(report, indent=2))
-        return
+    else:
+        _print_ledgers(report)
+    for line in unreadable:
+        print(f"fedens: {line}", file=sys.stderr)
+    if unreadable:
+        raise SystemExit(1)
+
+
+def _print_ledgers(report: dict) -> None:  # type: ignore[type-arg]
     print(f"{'site':>6} {'epsilon':>9} {'worst case':>10} {'budget':>8} {'left':>8} {'events':>7} "
           f"{'refused':>8}  delta")
     for site, s in report.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -55,6 +56,60 @@ class ConfigError(ValueError):
     """A config value is out of range; the message names the key, value and what is allowed."""
 
 
+class FederationFailed(RuntimeError):
+    """The federation produced no result to report; the message says what failed."""
+
+
+#: what a run directory holds once a fedens run has started in it (Hydra's .hydra/ aside)
+RUN_MARKERS = ("results.json", "sites", "federation", "coordinator", "experts.pkl")
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new run needs a directory that holds no fedens run (its ledgers, results and site data
+    would be mixed with another run's); ``resume`` needs an unfinished one with a checkpoint."""
+    finished = (run_dir / "results.json").is_file()
+    if resume:
+        if finished:
+            raise ConfigError(f"cannot resume {run_dir}: the run is finished (it has results.json); "
+                              "start a new run in another directory")
+        if not checkpoint_path(run_dir).is_file():
+            raise ConfigError(f"cannot resume {run_dir}: no checkpoint at {checkpoint_path(run_dir)} "
+                              "(the run has not completed a round)")
+        return
+    if found := [name for name in RUN_MARKERS if (run_dir / name).exists()]:
+        state = "finished" if finished else f"unfinished (it has {found[0]})"
+        advice = "" if finished else f"; continue it with `fedens run resume={run_dir}`"
+        raise ConfigError(f"hydra.run.dir={run_dir} already holds a {state} fedens run: choose another "
+                          f"directory{advice}")
+
+
+def federation_failure(run_dir: Path, wrote: str) -> FederationFailed:
+    """Why the coordinator ended without writing ``wrote`` (its recorded reason, if any)."""
+    reason = L.failure_path(run_dir)
+    said = reason.read_text().strip() if reason.is_file() else "no reason recorded (see the log above)"
+    return FederationFailed(f"the federation ended without writing {wrote}: {said}")
+
+
+def rounds_aggregated(rounds: dict[str, Any]) -> int:
+    """Rounds whose update aggregated sites' replies (a cascade's one release: if any replied)."""
+    return sum(bool(r.get("aggregated", r["sites_reporting"] > 0))
+               for r in rounds["rounds"] if r["round"] >= 1)
+
+
+def require_aggregated_rounds(rounds: dict[str, Any]) -> None:
+    """Raise :class:`FederationFailed` unless some round aggregated sites' updates: a combiner
+    no site trained is not a federated result."""
+    rows = [r for r in rounds["rounds"] if r["round"] >= 1]
+    if rounds_aggregated(rounds):
+        return
+    failures = [f for fs in rounds["failures"].values() for f in fs]
+    kinds = sorted({f["kind"] for f in failures})
+    first = (f"; first: site {failures[0]['site']} in round {min(rounds['failures'], key=int)}: "
+             f"{failures[0]['reason']}") if failures else ""
+    raise FederationFailed(f"no round aggregated any site's update ({len(rows)} rounds, {len(failures)} "
+                           f"site failures: {', '.join(kinds) or 'none'}){first}")
+
+
 def check(cfg: DictConfig, key: str, ok: Any, expected: str) -> None:
     """Raise :class:`ConfigError` naming ``key``, its value and ``expected`` unless ``ok(value)``."""
     value = OmegaConf.select(cfg, key)
@@ -71,7 +126,8 @@ def is_int(v: Any) -> bool:
 
 
 def is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (not a bool, not nan or inf)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 KINDS = ("gated_ensemble", "pate")
@@ -142,8 +198,8 @@ def validate_gated_ensemble(cfg: DictConfig) -> None:
     check(cfg, "federation.checkpoint_every", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     validate_strategy(cfg)
     check(cfg, "partition.alpha", lambda v: is_num(v) and v > 0, "a number > 0")
-    check(cfg, "privacy.epsilon", lambda v: is_num(v) and v > 0, "a number > 0")
-    check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "privacy.epsilon", lambda v: is_num(v) and v > 0, "a finite number > 0")
+    check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a finite number > 0")
     check(cfg, "privacy.max_grad_norm", lambda v: is_num(v) and v > 0, "a number > 0")
     check(cfg, "privacy.site_level.mode", lambda v: v in site_dp.MODES, f"one of {list(site_dp.MODES)}")
     for key in ("privacy.site_level.noise_multiplier", "privacy.site_level.clipping_norm"):
@@ -220,6 +276,8 @@ def _prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  X=task.private.X[records], y=task.private.y[records])
     L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
     np.savez(L.coordinator_test_path(run_dir), X=task.test.X, y=task.test.y)
+    write_atomic(L.task_schema_path(run_dir), json.dumps(
+        {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}))
     return {"task": task, "sites": sites, "experts": experts, "initial": initial}
 
 
@@ -323,6 +381,7 @@ def _common_settings(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, 
         L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
         L.SHIP_INLINE_BYTES: cfg.federation.ship_inline_bytes,
         L.SEED: cfg.seed,
+        L.TASK_SCHEMA: L.task_schema_path(run_dir).read_text(),
         L.SITE_DP_MODE: cfg.privacy.site_level.mode,
         L.SITE_DP_NOISE: float(cfg.privacy.site_level.noise_multiplier),
         L.SITE_DP_CLIP: float(cfg.privacy.site_level.clipping_norm),
@@ -388,7 +447,7 @@ def _federate(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str,
                           verbose=cfg.federation.verbose)
     out = L.federation_dir(run_dir)
     if not (out / "rounds.json").is_file():
-        raise RuntimeError(f"the federation ended without writing {out / 'rounds.json'}")
+        raise federation_failure(run_dir, "federation/rounds.json")
     return json.loads((out / "rounds.json").read_text())
 
 
@@ -401,7 +460,7 @@ def site_ledger_summaries(cfg: DictConfig, run_dir: Path) -> dict[str, dict[str,
         if not path.is_file():
             per_site[str(site)] = {"epsilon": None, "budget": float(cfg.privacy.budget)}
             continue
-        ledger = PrivacyLedger.open_existing(path)
+        ledger = PrivacyLedger.read(path)
         s = ledger.summary()
         ledger.close()
         per_site[str(site)] = {"epsilon": s["epsilon"] if s["events"] else None,
@@ -585,15 +644,14 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
     if resume and cfg.combiner.name == "cascade":
         raise ConfigError("resume is not supported for combiner.name='cascade': expected a trained combiner "
                           "(its calibration is one release, rerun it)")
-    if resume and not checkpoint_path(run_dir).is_file():
-        raise ConfigError(f"cannot resume {run_dir}: no checkpoint at {checkpoint_path(run_dir)} "
-                          "(the run has not completed a round)")
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir).resolve()
+    check_run_dir(run_dir, resume)
+    L.failure_path(run_dir).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.kind == "pate":
         from fedens.pate import run_pate
@@ -612,6 +670,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
         f"{baselines['central_nonprivate_accuracy']:.3f}"
     )
     rounds = _federate(cfg, run_dir, resume=resume)
+    require_aggregated_rounds(rounds)
     final, K, name = rounds["rounds"][-1], len(experts), cfg.combiner.name
     results = {
         "schema": SCHEMA_VERSION,
@@ -639,6 +698,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
             "fraction_train": cfg.federation.fraction_train,
             "min_sites": cfg.federation.min_sites,
             "min_replies": cfg.federation.min_replies,
+            "rounds_aggregated": rounds_aggregated(rounds),
             "failures_per_round": {r: len(f) for r, f in rounds["failures"].items()},
             "failures": {r: f for r, f in rounds["failures"].items() if f},
             "resumed": resume,

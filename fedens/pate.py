@@ -28,6 +28,7 @@ from fedens.experiment import (
     check,
     console,
     epsilon_max,
+    federation_failure,
     is_int,
     is_num,
     site_ledger_summaries,
@@ -50,7 +51,7 @@ ANCHORS = {
 
 
 def validate_pate(cfg: DictConfig) -> None:
-    check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a number > 0")
+    check(cfg, "privacy.budget", lambda v: is_num(v) and v > 0, "a finite number > 0")
     check(cfg, "data.name", lambda v: v == "mnist", "'mnist' (the PATE pipeline reads MNIST)")
     check(cfg, "partition.name", lambda v: v in ("iid", "dirichlet"), "'iid' or 'dirichlet'")
     if cfg.partition.name == "dirichlet":
@@ -142,6 +143,7 @@ def _settings(cfg: DictConfig, run_dir: Path, teachers: list[int]) -> dict[str, 
     e = cfg.experts
     return {
         L.RUN_DIR: str(run_dir), L.SEED: cfg.seed, L.DELTA: float(cfg.privacy.delta),
+        L.TASK_SCHEMA: json.dumps({"num_features": 28 * 28, "num_classes": 10}),  # MNIST
         L.BUDGET_EPSILON: float(cfg.privacy.budget), L.MIN_SITES: cfg.federation.min_sites,
         L.ROUND_TIMEOUT: float(cfg.federation.round_timeout), L.TEACHER_TIMEOUT: float(e.train_timeout),
         L.TEACHERS_PER_SITE: json.dumps(teachers),
@@ -179,7 +181,7 @@ def run_pate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                       verbose=cfg.federation.verbose)
     out = L.federation_dir(run_dir)
     if not (out / "pate.json").is_file():
-        raise RuntimeError(f"the federation ended without writing {out / 'pate.json'}")
+        raise federation_failure(run_dir, "federation/pate.json")
     outcome = json.loads((out / "pate.json").read_text())
     with np.load(out / "released_labels.npz") as released:
         labels, answered = released["labels"], released["answered"]

@@ -19,6 +19,8 @@ def fedens(*args, cwd):
         ("federation.num_sites=0", ["federation.num_sites=0", "integer >= 1"]),
         ("partition.alpha=-1", ["partition.alpha=-1", "> 0"]),
         ("privacy.epsilon=0", ["privacy.epsilon=0", "> 0"]),
+        ("privacy.epsilon=inf", ["privacy.epsilon=inf", "a finite number > 0"]),
+        ("privacy.budget=nan", ["privacy.budget=nan", "a finite number > 0"]),
         ("combiner.top_k=11", ["combiner.top_k=11", "[1, experts.num_experts=10]"]),
         ("experiment=nope", ["experiment=nope", "quickstart"]),
         ("no_such_key=1", ["'no_such_key'", "no_such_key=1"]),
@@ -112,3 +114,81 @@ def test_ledger_command_prints_each_site_and_json_recomputes(tmp_path):
 
     missing = fedens("ledger", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 2 and "no site ledgers" in missing.stderr
+
+
+def snapshot(folder):
+    """Every file under ``folder``: relative path -> (bytes, mtime)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fake_run(run_dir, finished):
+    """A run directory as a run leaves it: Hydra's saved config, a site ledger, maybe results."""
+    from fedens.privacy import PrivacyLedger, dpsgd_event
+
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("the first run's config\n")
+    ledger = PrivacyLedger(run_dir / "sites" / "site_0" / "ledger.sqlite", site="0", budget_epsilon=8.0,
+                           delta=1e-5)
+    ledger.charge(dpsgd_event(1.0, 0.1, 10), mechanism="dpsgd", round=1)
+    ledger.close()
+    (run_dir / "federation").mkdir()
+    (run_dir / "federation" / "checkpoint.pkl").write_bytes(b"checkpoint")
+    if finished:
+        (run_dir / "results.json").write_text("{}")
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_directory_that_holds_a_run_is_refused_before_anything_is_written(tmp_path, finished):
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, finished)
+    before = snapshot(run_dir)
+    result = fedens("run", f"hydra.run.dir={run_dir}", "federation.num_rounds=2", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    state = "finished" if finished else "unfinished (it has sites)"
+    assert line == (f"fedens: hydra.run.dir={run_dir} already holds a {state} fedens run: choose another "
+                    "directory" + ("" if finished else f"; continue it with `fedens run resume={run_dir}`"))
+    assert snapshot(run_dir) == before  # not even Hydra's saved config was overwritten
+
+
+def test_resuming_a_finished_run_is_refused(tmp_path, compose):
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, finished=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose()))
+    before = snapshot(run_dir)
+    result = fedens("run", f"resume={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"fedens: cannot resume {run_dir}: the run is finished (it has "
+                                     "results.json); start a new run in another directory")
+    assert snapshot(run_dir) == before
+
+
+def test_the_ledger_command_reads_without_writing_and_names_a_bad_ledger(tmp_path):
+    from fedens.privacy import PrivacyLedger, dpsgd_event
+
+    for site in range(3):
+        ledger = PrivacyLedger(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite", site=str(site),
+                               budget_epsilon=8.0, delta=1e-5)
+        ledger.charge(dpsgd_event(1.0, 0.1, 10), mechanism="dpsgd", round=1)
+        ledger.close()
+    (tmp_path / "sites" / "site_1" / "ledger.sqlite").write_bytes(b"garbage" * 500)
+    before = snapshot(tmp_path / "sites")
+    table = fedens("ledger", str(tmp_path), cwd=tmp_path)
+    assert table.returncode == 1
+    rows = table.stdout.strip().splitlines()
+    assert [r.split()[0] for r in rows[1:]] == ["0", "2"]  # the healthy sites still print
+    (line,) = table.stderr.strip().splitlines()
+    bad = tmp_path / "sites" / "site_1" / "ledger.sqlite"
+    assert line.startswith(f"fedens: site_1: {bad}: not a readable privacy ledger")
+    assert snapshot(tmp_path / "sites") == before  # reading wrote nothing, not even a -wal or -shm
+    as_json = fedens("ledger", str(tmp_path), "--json", cwd=tmp_path)
+    assert as_json.returncode == 1 and set(__import__("json").loads(as_json.stdout)) == {"0", "2"}
+
+
+def test_the_ledger_command_has_help(tmp_path):
+    result = fedens("ledger", "--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("usage: fedens ledger RUN_DIR [--json]")
+    assert "read-only" in result.stdout

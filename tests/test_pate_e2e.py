@@ -35,7 +35,7 @@ def test_pate_pipeline_charges_every_site_exactly_what_was_released(compose, tmp
     accountant.compose(dp_accounting.GaussianDpEvent(2.0), 40)
     accountant.compose(dp_accounting.GaussianDpEvent(1.5 / np.sqrt(2)), k)
     for site in ("0", "1"):
-        ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        ledger = PrivacyLedger.read(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
         assert ledger.epsilon() == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
         assert results["privacy"]["per_site"][site]["epsilon"] == pytest.approx(ledger.epsilon())
     worst = RdpAccountant()
@@ -78,7 +78,7 @@ def test_sites_refuse_queries_their_budget_cannot_pay_for(compose, tmp_path):
     assert results["privacy"]["epsilon_worst_case_max"] is None
     assert results["metrics"]["test_accuracy"] is None and results["metrics"]["test_nll"] is None
     for site in ("0", "1"):
-        ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        ledger = PrivacyLedger.read(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
         assert ledger.events() == [] and ledger.queries_refused() == 40
 
 

@@ -23,11 +23,20 @@ SCHEMA = {
 }
 
 
+@pytest.fixture(scope="module")
+def shrunk_run(tmp_path_factory):
+    """A shrunk quickstart run through Flower's Simulation Engine: (its directory, its results)."""
+    from fedens.cli import _compose
+
+    run_dir = tmp_path_factory.mktemp("quickstart")
+    cfg = _compose(["federation.num_sites=4", "federation.num_rounds=3", "combiner.central_epochs=10",
+                    "privacy.epsilon=4"])
+    return run_dir, run(cfg, run_dir=run_dir)
+
+
 @pytest.mark.slow
-def test_quickstart_shrunk_end_to_end(compose, tmp_path):
-    cfg = compose("federation.num_sites=4", "federation.num_rounds=3",
-                  "combiner.central_epochs=10", "privacy.epsilon=4")
-    results = run(cfg, run_dir=tmp_path)
+def test_quickstart_shrunk_end_to_end(shrunk_run):
+    tmp_path, results = shrunk_run
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
@@ -49,7 +58,7 @@ def test_quickstart_shrunk_end_to_end(compose, tmp_path):
     # privacy: every site spent at most its budget, and the report equals its ledger
     assert set(p["per_site"]) == {"0", "1", "2", "3"}
     for site, entry in p["per_site"].items():
-        ledger = PrivacyLedger.open_existing(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        ledger = PrivacyLedger.read(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
         assert len(ledger.events()) == 3
         assert entry["epsilon"] == pytest.approx(ledger.epsilon())
         assert 0.9 * 4 < entry["epsilon"] <= 4.0
@@ -81,3 +90,40 @@ def test_site_level_dp_through_flowers_wrappers(compose, tmp_path, mode):
     if mode == "server_fixed":  # Flower's own accountant saw the same two releases
         assert site_level["flower_releases"] == 2
         assert site_level["flower_epsilon"] == pytest.approx(site_level["epsilon"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_second_configuration_into_a_finished_run_spends_nothing(shrunk_run):
+    """Run the quickstart, then another configuration into the same directory: the second is
+    refused with one line before anything is written, and every site's ledger still equals what
+    the first run released, recomputed from its events with dp-accounting alone."""
+    import os
+    import subprocess
+    import sys
+
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    run_dir, results = shrunk_run
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    second = subprocess.run(
+        [sys.executable, "-m", "fedens", "run", f"hydra.run.dir={run_dir}", "federation.num_sites=4",
+         "federation.num_rounds=2", "privacy.epsilon=4"],
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    assert second.stderr.strip() == (f"fedens: hydra.run.dir={run_dir} already holds a finished fedens "
+                                     "run: choose another directory")
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == files
+    assert sorted(p for p in run_dir.rglob("*") if p.is_file()) == list(files)
+    for site, entry in results["privacy"]["per_site"].items():
+        ledger = PrivacyLedger.read(run_dir / "sites" / f"site_{site}" / "ledger.sqlite")
+        accountant = RdpAccountant()
+        for record in ledger.records():
+            e = record["event"]
+            accountant.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+                e["event"]["sampling_probability"],
+                dp_accounting.GaussianDpEvent(e["event"]["event"]["noise_multiplier"])), e["count"]))
+        # the three rounds the sites reported, at the noise they reported
+        assert [r["params"]["noise_multiplier"] for r in ledger.records()] == [entry["noise_multiplier"]] * 3
+        assert accountant.get_epsilon(1e-5) == pytest.approx(entry["epsilon"], rel=1e-12)
+        ledger.close()

@@ -2,5 +2,6 @@
 
 from fedens.data.datasets import Split, TaskData, load_task
 from fedens.data.partition import dirichlet_partition
+from fedens.data.schema import DataSchemaError, TaskSchema
 
-__all__ = ["Split", "TaskData", "load_task", "dirichlet_partition"]
+__all__ = ["Split", "TaskData", "load_task", "dirichlet_partition", "DataSchemaError", "TaskSchema"]

@@ -23,7 +23,6 @@ calibration, RDP, as the ledger accounts).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -33,16 +32,16 @@ import dp_accounting
 import numpy as np
 import torch
 from dp_accounting.rdp import RdpAccountant
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedens.combiners import CascadeCombiner, combiner_state, confidence_histograms
+from fedens.combiners import CascadeCombiner, combiner_state, confidence_histograms, load_combiner
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
 from fedens.federation.rounds import SiteGrid
-from fedens.federation.shipping import Shipment, with_local_copies
-from fedens.federation.site_data import initial_combiner, shared_experts, site_records
-from fedens.privacy import BudgetExceeded
+from fedens.federation.shipping import Shipment
+from fedens.federation.site import SiteRequest, site_handler
+from fedens.privacy.release_keys import release_key
 
 MECHANISM = "cascade_histograms"
 
@@ -80,43 +79,34 @@ def grid_of(s: Mapping[str, Any]) -> np.ndarray:
 # --- site ------------------------------------------------------------------------------
 
 
-def _release_key(site: int, seed: int, exact: np.ndarray, grid: np.ndarray, z: float) -> str:
+def _release_key(request: SiteRequest, exact: np.ndarray, grid: np.ndarray, z: float) -> str:
     """Names the release by all that determines it: the noise is drawn from (seed, site), so the
     same exact histograms, grid and noise multiplier give the very same noisy output. The key
     stays in the site's own ledger."""
-    digest = hashlib.sha256(exact.tobytes() + grid.tobytes() + np.float64(z).tobytes()).hexdigest()
-    return f"{MECHANISM}/site-{site}/seed-{seed}/{digest[:32]}"
+    return release_key(MECHANISM, f"site-{request.site}", noise_multiplier=z, grid=grid,
+                       histograms=exact, seed=int(request.settings[L.SEED]))
 
 
-def answer_histograms(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
+@site_handler
+def answer_histograms(request: SiteRequest) -> Message:
     """The site's noisy confidence histograms, charged to its ledger before they are made."""
     torch.set_num_threads(1)
-    context = with_local_copies(msg, context, settings)  # the shipped experts, if announced
-    s = L.merged(settings, context.run_config)
-    site, data_path, _ = L.site_paths(s, context.node_config)
-    if not L.contributes(context.node_config):
-        return Message(Error(code=L.OPTED_OUT, reason=L.opted_out_reason(site)), reply_to=msg)
-    (X, y), _ = site_records(s, data_path, site)
-    P = expert_outputs(shared_experts(s, context.node_config), X)
+    s, site = request.settings, request.site
+    (X, y), _ = request.records()  # checked against the task's schema before anything is spent
+    P = request.expert_outputs(X)
     K, grid, delta = P.shape[1], grid_of(s), float(s[L.DELTA])
     z = calibrate_histogram_noise(float(s[L.TARGET_EPSILON]), delta)
     exact = confidence_histograms(P, y, grid)  # nothing leaves the site before the charge
-    ledger = L.open_site_ledger(s, context.node_config)
-    try:
+    with request.ledger() as ledger:
         epsilon = ledger.charge(histogram_event(z), mechanism=MECHANISM, round=1, params={
             "noise_multiplier": z, "sensitivity_l2": histogram_sensitivity(K), "experts": K,
-            "bins": len(grid) + 1}, release_key=_release_key(site, int(s[L.SEED]), exact, grid, z))
-    except BudgetExceeded as refusal:
-        return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
-    finally:
-        ledger.close()
+            "bins": len(grid) + 1}, release_key=_release_key(request, exact, grid, z))
     rng = np.random.default_rng([int(s[L.SEED]), site, 4099])
     noisy = noisy_histograms(exact, z, rng)
-    return Message(RecordDict({
-        "histograms": ArrayRecord({"histograms": Array(np.ascontiguousarray(noisy))}),
-        "metrics": MetricRecord({"site": site, "epsilon": epsilon, "noise-multiplier": z,
-                                 "noise-std": z * histogram_sensitivity(K)}),
-    }), reply_to=msg)
+    return request.reply(
+        histograms=ArrayRecord({"histograms": Array(np.ascontiguousarray(noisy))}),
+        metrics=MetricRecord({"site": site, "epsilon": epsilon, "noise-multiplier": z,
+                              "noise-std": z * histogram_sensitivity(K)}))
 
 
 # --- coordinator -----------------------------------------------------------------------
@@ -135,7 +125,7 @@ def calibrate_federated(grid: Grid, s: Mapping[str, Any], progress: Callable[[di
     from fedens.federation.pate_apps import wait_for_sites  # one waiting loop for both query flows
 
     run_dir, timeout = s[L.RUN_DIR], float(s[L.ROUND_TIMEOUT])
-    cascade: CascadeCombiner = initial_combiner(s, {})
+    cascade: CascadeCombiner = load_combiner(s[L.INITIAL_COMBINER_PATH])
     wait_for_sites(grid, int(s[L.MIN_SITES]), timeout)
     shipment = Shipment.of(s)  # the sites get the shared experts from here (shipping.py)
     site_grid = SiteGrid(grid, timeout=timeout, shipment=shipment)

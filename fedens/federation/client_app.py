@@ -8,14 +8,14 @@ combiner's parameters and metrics (examples used, loss, epsilon spent).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from fedens.combiners import GatedEnsemble
@@ -23,10 +23,11 @@ from fedens.combiners.training import combiner_dataset, make_optimizer, run_epoc
 from fedens.federation import layout as L
 from fedens.federation import shipping, site_dp
 from fedens.federation.cascade_release import answer_histograms
-from fedens.federation.site_cache import site_expert_outputs
-from fedens.federation.site_data import initial_combiner, site_records
-from fedens.privacy import BudgetExceeded, PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
+from fedens.federation.shipping import sha256_file
+from fedens.federation.site import SiteRequest, site_handler
+from fedens.privacy import PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
+from fedens.privacy.release_keys import release_key, sha256_arrays, sha256_state
 
 _SIGMA_KEY = "fedens-dpsgd"  # this run's calibrated noise multiplier, in Context.state
 
@@ -48,55 +49,57 @@ def _dpsgd_history(ledger: PrivacyLedger, but: str) -> list[tuple[float, float, 
             for r in ledger.records() if r["mechanism"] == "dpsgd" and r["release_key"] != but]
 
 
-def _release_key(site: int, server_round: int, seed: int, arrays: ArrayRecord) -> str:
-    """Names this round's update by everything that determines it (site, round, seed and
-    the global parameters received): the same key means the very same output."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(arrays.to_torch_state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    return f"dpsgd/site-{site}/round-{server_round}/seed-{seed}/{digest.hexdigest()[:32]}"
+def training_seed(seed: int, site: int, server_round: int) -> int:
+    """The torch seed of a site's DP-SGD round (its Poisson batches and noise)."""
+    return seed * 1000 + site * 100 + server_round
 
 
-def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
-    """One round of local DP-SGD at one site."""
+def _release_key(request: SiteRequest, server_round: int, received: ArrayRecord, X: np.ndarray,
+                 y: np.ndarray, mechanism: Mapping[str, Any], proximal_mu: float) -> str:
+    """Names this round's update by everything that determines it: the DP-SGD parameters, the
+    records trained on, the global parameters received, the shared files, the training settings,
+    the seed and the software (:func:`fedens.privacy.release_key`)."""
+    s = request.settings
+    return release_key(
+        "dpsgd", f"site-{request.site}/round-{server_round}",
+        mechanism=dict(mechanism), seed=int(s[L.SEED]), proximal_mu=proximal_mu,
+        lr=float(s[L.LEARNING_RATE]), batch_size=int(s[L.BATCH_SIZE]), epochs=int(s[L.LOCAL_EPOCHS]),
+        records_sha256=sha256_arrays(X, y), received_sha256=sha256_state(received.to_torch_state_dict()),
+        shared_sha256={key: sha256_file(request.shared_file(key))
+                       for key in (L.EXPERTS_PATH, L.INITIAL_COMBINER_PATH)},
+    )
+
+
+@site_handler
+def train_site(request: SiteRequest) -> Message:
+    """One round of local DP-SGD at one site: checked records, then the charge, then training;
+    the update is sent only once the ledger holds what it costs."""
     torch.set_num_threads(1)
-    s = L.merged(settings, context.run_config)
-    site, data_path, _ = L.site_paths(s, context.node_config)
-    if not L.contributes(context.node_config):
-        return Message(Error(code=L.OPTED_OUT, reason=L.opted_out_reason(site)), reply_to=msg)
+    s, site, msg = request.settings, request.site, request.msg
     config = msg.content["config"]
     server_round = int(config["server-round"])
     _drill(s, site, server_round)
-    (X, y), _ = site_records(s, data_path, site)
-    P = site_expert_outputs(s, context.node_config, X)
+    (X, y), _ = request.records()  # checked against the task's schema before anything is spent
+    P = request.expert_outputs(X)
 
     batch_size, epochs = int(s[L.BATCH_SIZE]), int(s[L.LOCAL_EPOCHS])
     delta = float(s[L.DELTA])
     rate = sample_rate_for(len(y), batch_size)
     steps = epochs * round(1 / rate)
-    sigma = _noise_multiplier(context, s, rate, steps)
+    sigma = _noise_multiplier(request.context, s, rate, steps)
     received = msg.content["arrays"]
-
-    key = _release_key(site, server_round, int(s[L.SEED]), received)
-    ledger = L.open_site_ledger(s, context.node_config)
-    try:  # the budget is checked, and the event recorded, before anything is released
+    mechanism = {"noise_multiplier": sigma, "sample_rate": rate, "steps": steps,
+                 "max_grad_norm": float(s[L.MAX_GRAD_NORM])}
+    proximal_mu = float(config.get("proximal-mu", 0.0))
+    key = _release_key(request, server_round, received, X, y, mechanism, proximal_mu)
+    with request.ledger() as ledger:  # the budget is checked, and the event recorded, before release
         history = _dpsgd_history(ledger, but=key)  # Opacus adds this round's steps itself
-        epsilon = ledger.charge(
-            dpsgd_event(sigma, rate, steps),
-            mechanism="dpsgd",
-            round=server_round,
-            params={"noise_multiplier": sigma, "sample_rate": rate, "steps": steps,
-                    "max_grad_norm": float(s[L.MAX_GRAD_NORM])},
-            release_key=key,
-        )
-    except BudgetExceeded as refusal:
-        return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
-    finally:
-        ledger.close()
+        sent_before = ledger.recorded_output(key)
+        ledger.charge(dpsgd_event(sigma, rate, steps), mechanism="dpsgd", round=server_round,
+                      params=mechanism, release_key=key)
 
-    torch.manual_seed(int(s[L.SEED]) * 1000 + site * 100 + server_round)
-    model = initial_combiner(s, context.node_config)  # public map
+    torch.manual_seed(training_seed(int(s[L.SEED]), site, server_round))
+    model = request.initial_combiner()  # public map
     model.load_trainable(received.to_torch_state_dict())
     private = make_private_training(
         model,
@@ -108,9 +111,17 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
         history=history,
     )
     done, _ = run_epochs(private.module, private.optimizer, private.loader, epochs,
-                            after_step=_proximal_pull(model, float(config.get("proximal-mu", 0.0)),
-                                                      float(s[L.LEARNING_RATE])))
+                         after_step=_proximal_pull(model, proximal_mu, float(s[L.LEARNING_RATE])))
     assert done == steps, f"site {site} took {done} DP-SGD steps, charged {steps}"
+    update = model.trainable_state()
+    with request.ledger() as ledger:
+        output = sha256_state(update)
+        if sent_before not in (None, output):  # same inputs, another output: a new release
+            key = f"{key}/output-{output[:16]}"
+            ledger.charge(dpsgd_event(sigma, rate, steps), mechanism="dpsgd", round=server_round,
+                          params=mechanism, release_key=key)
+        ledger.record_output(key, output)
+        epsilon = ledger.epsilon()
 
     metrics = MetricRecord(
         {
@@ -122,9 +133,7 @@ def train_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> M
             "noise-multiplier": sigma,
         }
     )
-    return Message(
-        RecordDict({"arrays": ArrayRecord(model.trainable_state()), "metrics": metrics}), reply_to=msg
-    )
+    return request.reply(arrays=ArrayRecord(update), metrics=metrics)
 
 
 def _drill(s: Mapping[str, Any], site: int, server_round: int) -> None:
@@ -161,13 +170,13 @@ def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return shipping.handle(train_site, msg, context, defaults)
+        return train_site(msg, context, defaults)
 
     @app.evaluate()
     def personalize(msg: Message, context: Context) -> Message:
         from fedens.federation.personalization import personalize_site  # loads the experts
 
-        return shipping.handle(personalize_site, msg, context, defaults)
+        return personalize_site(msg, context, defaults)
 
     @app.query("site")
     def roll_call(msg: Message, context: Context) -> Message:
@@ -179,6 +188,6 @@ def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.query("cascade")  # L.CASCADE_HISTOGRAMS: the cascade's DP calibration statistics
     def cascade_histograms(msg: Message, context: Context) -> Message:
-        return shipping.handle(answer_histograms, msg, context, defaults)
+        return answer_histograms(msg, context, defaults)
 
     return app

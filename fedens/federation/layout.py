@@ -8,7 +8,8 @@ in simulation the same keys come from the dict given to the app factories.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ ROUND_TIMEOUT = "round-timeout"
 SHIP_INLINE_BYTES = "ship-inline-bytes"  # shared files up to this size travel with the roll call
 TOP_K = "top-k"
 SEED = "seed"
+TASK_SCHEMA = "task-schema"  # JSON {num_features, num_classes}: what a site's records must look like
 STRATEGY = "strategy"  # a Flower strategy's class name in flwr.serverapp.strategy
 STRATEGY_PARAMS = "strategy-params"  # JSON: its own keyword arguments (proximal_mu, eta, ...)
 CHECKPOINT_EVERY = "checkpoint-every"  # rounds between server checkpoints
@@ -83,6 +85,7 @@ CASCADE_HISTOGRAMS = "query.cascade"  # a site's noisy confidence histograms (ca
 BUDGET_REFUSED = 1001  # its ledger cannot pay for the release
 OPTED_OUT = 1002  # it has switched its contribution off
 SHARED_FILE_MISSING = 1003  # its cached copy of a shared file is absent or altered: shipped again
+DATA_INVALID = 1004  # its records do not fit the task's schema (nothing charged)
 
 
 def site_dir(run_dir: str | Path, site: int) -> Path:
@@ -100,9 +103,30 @@ def coordinator_test_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "coordinator" / "test.npz"
 
 
+def task_schema_path(run_dir: str | Path) -> Path:
+    """The task's record schema, as the coordinator announces it to the sites (``task-schema``)."""
+    return Path(run_dir) / "coordinator" / "task_schema.json"
+
+
 def federation_dir(run_dir: str | Path) -> Path:
     """Where the coordinator writes the global combiner and per-round metrics."""
     return Path(run_dir) / "federation"
+
+
+def failure_path(run_dir: str | Path) -> Path:
+    """Why the coordinator's ServerApp stopped, when it raised (Flower only logs it)."""
+    return federation_dir(run_dir) / "failed.txt"
+
+
+@contextmanager
+def failure_recorded(run_dir: str | Path) -> Iterator[None]:
+    """Run the coordinator; if it raises, write the reason to :func:`failure_path` and re-raise."""
+    try:
+        yield
+    except Exception as error:
+        federation_dir(run_dir).mkdir(parents=True, exist_ok=True)
+        write_atomic(failure_path(run_dir), f"{type(error).__name__}: {error}".splitlines()[0])
+        raise
 
 
 def site_paths(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> tuple[int, Path, Path]:

@@ -5,14 +5,18 @@ Message flow (Flower Message API, custom actions):
 * ``train.teachers``: each site trains one teacher per disjoint shard of its
   own data (cached in its folder: a rerun with new noise does not retrain).
 * ``query.votes``: the coordinator sends a batch of public, unlabelled query
-  images and the mechanism it will apply; the site first checks that its
-  ledger can pay the mechanism's worst case for the batch, then replies with
-  its teachers' vote histogram (n, C): counts, not probabilities, not data.
+  images and the mechanism it will apply; the site reserves the mechanism's
+  worst case for the batch in its ledger (one transaction: refused if it does
+  not fit), then replies with its teachers' vote histogram (n, C) and the
+  reservation's key: counts, not probabilities, not data.
 * the coordinator sums the histograms and releases labels with the mechanism
   (Confident-GNMax by default); it is trusted to add the noise, as in PATE.
 * ``query.charge``: the coordinator sends the public outcome (labels, which
-  queries were answered); each contributing site rebuilds the release's
-  DpEvents itself from it and charges its ledger.
+  queries were answered) and each site's reservation key; each contributing
+  site rebuilds the release's DpEvents itself from it and settles its
+  reservation to what the release spent. A batch whose settlement failed at
+  any site is dropped (its labels are not used); its reservation stays at the
+  worst case, which is what the site may have spent.
 
 Only the released labels and the privacy analysis are written to disk; the
 summed vote histograms are private and stay in the coordinator's memory.
@@ -21,22 +25,28 @@ summed vote histograms are private and stay in the coordinator's memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dp_accounting
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedens.data.schema import DataSchemaError
 from fedens.experts.teachers import TeacherCNNs, TeacherConfig, label_prior_shift
 from fedens.federation import layout as L
-from fedens.privacy import BudgetExceeded, Release, make_mechanism
+from fedens.federation.site import SiteRequest, site_handler
+from fedens.privacy import Mechanism, Release, make_mechanism
+from fedens.privacy.release_keys import release_key
+
+RESERVATION = "reservation"  # a vote reply's release key, echoed back to settle it
 
 ProgressFn = Callable[[str], None]
 
@@ -60,93 +70,84 @@ def teacher_shards(num_records: int, num_teachers: int, seed: int) -> list[np.nd
     return np.array_split(np.random.default_rng(seed).permutation(num_records), num_teachers)
 
 
-def _site_teachers(s: Mapping[str, Any], node_config: Mapping[str, Any]
-                   ) -> tuple[int, TeacherCNNs, bool, list[np.ndarray]]:
+def _site_teachers(request: SiteRequest) -> tuple[TeacherCNNs, bool, list[np.ndarray], str]:
     """The site's teachers, trained on disjoint shards of its data or loaded from its cache;
-    also each shard's labels (they never leave the site)."""
-    site, data_path, _ = L.site_paths(s, node_config)
+    also each shard's labels (they never leave the site) and the key naming the teachers."""
+    s, site = request.settings, request.site
     num_teachers, config = int(json.loads(str(s[L.TEACHERS_PER_SITE]))[site]), _teacher_config(s)
     seed = teacher_seed(int(s[L.SEED]), site)
     shared = str(s.get(L.TEACHER_CACHE_DIR) or "")
-    cache = (Path(shared) / f"site_{site}" if shared else data_path.parent) / "teachers.pt"
+    cache = (Path(shared) / f"site_{site}" if shared else request.data_path.parent) / "teachers.pt"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with np.load(data_path) as data:
-        raw, y = data["X"], data["y"]
-    digest = hashlib.sha256(raw.tobytes() + y.tobytes()).hexdigest()
-    key = json.dumps({"teachers": num_teachers, "config": repr(config), "seed": seed, "data_sha256": digest})
+    raw, y = request.all_records()  # checked against the task's schema before anything is spent
+    key = json.dumps({"teachers": num_teachers, "config": repr(config), "seed": seed,
+                      "data_sha256": hashlib.sha256(raw.tobytes() + y.tobytes()).hexdigest()})
     key_file = cache.with_suffix(".json")
     if len(y) < num_teachers:
-        raise ValueError(f"site {site}: {len(y)} records cannot make {num_teachers} disjoint shards")
+        raise DataSchemaError(f"site {site}: {len(y)} records cannot make {num_teachers} disjoint shards: "
+                              f"expected at least {num_teachers} records")
     shards = teacher_shards(len(y), num_teachers, seed)
     shard_labels = [y[i] for i in shards]
     if cache.is_file() and key_file.is_file() and key_file.read_text() == key:
-        return site, TeacherCNNs.load(cache), False, shard_labels
+        return TeacherCNNs.load(cache), False, shard_labels, key
     X = raw.astype(np.float32) / 255.0
     teachers = TeacherCNNs.fit([X[i] for i in shards], shard_labels, config, seed)
     teachers.save(cache)
-    key_file.write_text(key)
-    return site, teachers, True, shard_labels
+    L.write_atomic(key_file, key)
+    return teachers, True, shard_labels, key
 
 
-def train_teachers(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
+@site_handler(contributes=False)
+def train_teachers(request: SiteRequest) -> Message:
     torch.set_num_threads(1)
-    s = L.merged(settings, context.run_config)
     started = time.monotonic()
-    site, teachers, trained, _ = _site_teachers(s, context.node_config)
-    return Message(RecordDict({"metrics": MetricRecord({
-        "site": site, "num-teachers": teachers.num_teachers, "trained": int(trained),
-        "seconds": time.monotonic() - started})}), reply_to=msg)
+    teachers, trained, _, _ = _site_teachers(request)
+    return request.reply(metrics=MetricRecord({
+        "site": request.site, "num-teachers": teachers.num_teachers, "trained": int(trained),
+        "seconds": time.monotonic() - started}))
 
 
-def answer_votes(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
-    """Vote histogram of this site's teachers on the query batch, if its budget allows."""
-    torch.set_num_threads(1)
-    s = L.merged(settings, context.run_config)
-    site, _, _ = L.site_paths(s, context.node_config)
-    if not L.contributes(context.node_config):
-        return Message(Error(code=L.OPTED_OUT, reason=L.opted_out_reason(site)), reply_to=msg)
-    config = msg.content["config"]
-    images = msg.content["queries"]["images"].numpy().astype(np.float32) / 255.0
-    mechanism = make_mechanism(str(config["mechanism"]), **json.loads(str(config["params"])))
-    ledger = L.open_site_ledger(s, context.node_config)
-    try:
-        ledger.check_budget(mechanism.worst_case_events(len(images)), mechanism=mechanism.name,
-                            round=int(config["batch"]), queries=len(images))
-    except BudgetExceeded as refusal:
-        return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
-    finally:
-        ledger.close()
-    _, teachers, _, shard_labels = _site_teachers(s, context.node_config)
-    strength = float(s.get(L.TEACHER_PRIOR_CORRECTION, 0.0))
-    shift = label_prior_shift(shard_labels, teachers.num_classes, strength) if strength else None
-    votes = teachers.votes(images, logit_shift=shift)
-    return Message(RecordDict({
-        "votes": ArrayRecord({"votes": _array(votes)}),
-        "metrics": MetricRecord({"site": site, "num-teachers": teachers.num_teachers}),
-    }), reply_to=msg)
-
-
-def charge_release(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
-    """Charge this site's ledger with what the coordinator's release spent."""
-    s = L.merged(settings, context.run_config)
-    config = msg.content["config"]
+def _mechanism_of(config: ConfigRecord) -> tuple[Mechanism, dict[str, Any]]:
     params = json.loads(str(config["params"]))
-    mechanism = make_mechanism(str(config["mechanism"]), **params)
-    outcome = msg.content["outcome"]
+    return make_mechanism(str(config["mechanism"]), **params), params
+
+
+@site_handler
+def answer_votes(request: SiteRequest) -> Message:
+    """Vote histogram of this site's teachers on the query batch, once its ledger holds the
+    mechanism's worst case for the batch (a reservation, settled by ``query.charge``)."""
+    torch.set_num_threads(1)
+    config = request.msg.content["config"]
+    images = request.msg.content["queries"]["images"].numpy()
+    mechanism, params = _mechanism_of(config)
+    teachers, _, shard_labels, teachers_key = _site_teachers(request)
+    batch = int(config["batch"])
+    key = release_key(mechanism.name, f"site-{request.site}/run-{request.context.run_id}/batch-{batch}",
+                      params=params, images=images, teachers=teachers_key)
+    with request.ledger() as ledger:
+        ledger.reserve(mechanism.worst_case_events(len(images)), mechanism=mechanism.name, release_key=key,
+                       round=batch, params={**params, "queries": len(images)}, queries=len(images))
+    strength = float(request.settings.get(L.TEACHER_PRIOR_CORRECTION, 0.0))
+    shift = label_prior_shift(shard_labels, teachers.num_classes, strength) if strength else None
+    votes = teachers.votes(images.astype(np.float32) / 255.0, logit_shift=shift)
+    return request.reply(votes=ArrayRecord({"votes": _array(votes)}),
+                         metrics=MetricRecord({"site": request.site, "num-teachers": teachers.num_teachers}),
+                         config=ConfigRecord({RESERVATION: key}))
+
+
+@site_handler(contributes=False)
+def charge_release(request: SiteRequest) -> Message:
+    """Settle this site's reservation to what the coordinator's release spent."""
+    config = request.msg.content["config"]
+    mechanism, params = _mechanism_of(config)
+    outcome = request.msg.content["outcome"]
     release = Release(mechanism.name, params, outcome["labels"].numpy(),
                       outcome["answered"].numpy().astype(bool))
-    ledger = L.open_site_ledger(s, context.node_config)
-    try:
-        epsilon = ledger.charge(
-            mechanism.event(release), mechanism=mechanism.name, round=int(config["batch"]),
-            params={**params, "queries": len(release.labels), "answered": release.num_answered},
-            worst_case=dp_accounting.ComposedDpEvent(mechanism.worst_case_events(len(release.labels))))
-    except BudgetExceeded as refusal:  # cannot happen after check_budget, unless shared
-        return Message(Error(code=L.BUDGET_REFUSED, reason=str(refusal)), reply_to=msg)
-    finally:
-        ledger.close()
-    return Message(RecordDict({"metrics": MetricRecord({"site": int(ledger.site), "epsilon": epsilon})}),
-                   reply_to=msg)
+    with request.ledger() as ledger:
+        epsilon = ledger.settle(str(config[RESERVATION]), mechanism.event(release), mechanism=mechanism.name,
+                                params={**params, "queries": len(release.labels),
+                                        "answered": release.num_answered})
+    return request.reply(metrics=MetricRecord({"site": request.site, "epsilon": epsilon}))
 
 
 def make_pate_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
@@ -194,13 +195,26 @@ def wait_for_sites(grid: Grid, count: int, timeout: float) -> list[int]:
 def _send(grid: Grid, nodes: list[int], kind: str, records: dict[str, Any],
           timeout: float) -> tuple[list[Message], list[str]]:
     """Send the same (read-only) records to every node; replies split into ok and failed."""
-    replies = list(grid.send_and_receive(
-        [Message(RecordDict(dict(records)), dst_node_id=n, message_type=kind) for n in nodes],
-        timeout=timeout))
+    return _ask(grid, [Message(RecordDict(dict(records)), dst_node_id=n, message_type=kind) for n in nodes],
+                timeout)
+
+
+def _ask(grid: Grid, messages: list[Message], timeout: float) -> tuple[list[Message], list[str]]:
+    """Send ``messages``; the replies split into ok and failed (errors and missing replies)."""
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
     ok = [r for r in replies if not r.has_error()]
     failed = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
-    failed += [f"{len(nodes) - len(replies)} site(s) did not reply"] if len(replies) < len(nodes) else []
+    if len(replies) < len(messages):
+        failed.append(f"{len(messages) - len(replies)} site(s) did not reply")
     return ok, failed
+
+
+def _settlement(votes: Message, config: dict[str, Any], outcome: ArrayRecord) -> Message:
+    """The ``query.charge`` message settling the reservation a site's vote reply named."""
+    reservation = str(votes.content["config"][RESERVATION])
+    return Message(RecordDict({"config": ConfigRecord({**config, RESERVATION: reservation}),
+                               "outcome": outcome}),
+                   dst_node_id=votes.metadata.src_node_id, message_type="query.charge")
 
 
 def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) -> None:
@@ -223,7 +237,7 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
     rng = np.random.default_rng(int(s[L.SEED]))
     # teachers are counted from the votes: a site that missed the training deadline may still
     # finish (its teachers cached) and vote
-    labels, answered, all_votes, refused, batches, teachers = [], [], [], 0, [], 0
+    out = _Labelling()
     batch_size = int(s[L.QUERY_BATCH])
     for b, start in enumerate(range(0, len(images), batch_size)):
         batch = images[start: start + batch_size]
@@ -231,45 +245,64 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
             "config": ConfigRecord({**config, "batch": b}),
             "queries": ArrayRecord({"images": _array(batch)})}, timeout)
         if not replies:
-            refused += len(batch)
-            labels.append(np.full(len(batch), -1))
-            answered.append(np.zeros(len(batch), dtype=bool))
-            all_votes.append(np.zeros((len(batch), 10), dtype=np.int64))
+            out.refused += len(batch)
+            out.add(np.full(len(batch), -1), np.zeros(len(batch), dtype=bool),
+                    np.zeros((len(batch), 10), dtype=np.int64), settled=False)
             say(f"queries  batch {b}: no site contributed ({failed})")
             continue
         votes = sum(r.content["votes"]["votes"].numpy() for r in replies)
         voting = _num_teachers(replies)
-        teachers = max(teachers, voting)
+        out.teachers = max(out.teachers, voting)
         release = mechanism.release(votes, rng)
-        contributors = [r.metadata.src_node_id for r in replies]
-        charged, charge_failed = _send(grid, contributors, "query.charge", {
-            "config": ConfigRecord({**config, "batch": b}),
-            "outcome": ArrayRecord({"labels": _array(release.labels),
-                                    "answered": _array(release.answered.astype(np.int64))})}, timeout)
-        labels.append(release.labels)
-        answered.append(release.answered)
-        all_votes.append(votes)
+        outcome = ArrayRecord({"labels": _array(release.labels),
+                               "answered": _array(release.answered.astype(np.int64))})
+        charged, unsettled = _ask(grid, [_settlement(r, {**config, "batch": b}, outcome)
+                                         for r in replies], timeout)
+        out.add(release.labels, release.answered, votes, settled=not unsettled)
         eps = max((r.content["metrics"]["epsilon"] for r in charged), default=0.0)
-        batches.append({"batch": b, "queries": len(batch), "answered": release.num_answered,
-                        "sites": len(replies), "teachers": voting, "failed": failed + charge_failed,
-                        "epsilon_max": eps})
+        kept = 0 if unsettled else release.num_answered
+        out.batches.append({"batch": b, "queries": len(batch), "answered": release.num_answered,
+                            "used": kept, "sites": len(replies), "teachers": voting,
+                            "failed": failed + unsettled, "epsilon_max": eps})
         say(f"queries  batch {b}: {release.num_answered}/{len(batch)} answered by {len(replies)} sites"
             f"{'' if not failed else f' ({len(failed)} refused)'}; site ε_max {eps:.2f} "
-            f"[{time.monotonic() - started:.0f} s]")
-    _write_outcome(s, mechanism, np.concatenate(labels), np.concatenate(answered),
-                   np.concatenate(all_votes), refused, batches, teachers, retrained,
-                   time.monotonic() - started)
+            + (f"; labels dropped: {len(unsettled)} site(s) did not settle ({unsettled[0]}) "
+               if unsettled else "") + f"[{time.monotonic() - started:.0f} s]")
+    _write_outcome(s, mechanism, out, retrained, time.monotonic() - started)
 
 
-def _write_outcome(s: Mapping[str, Any], mechanism: Any, labels: np.ndarray, answered: np.ndarray,
-                   votes: np.ndarray, refused: int, batches: list, teachers: int, retrained: int,
+@dataclass
+class _Labelling:
+    """What the query batches released, batch after batch."""
+
+    labels: list[np.ndarray] = field(default_factory=list)
+    answered: list[np.ndarray] = field(default_factory=list)  # by the mechanism: what it spent
+    used: list[np.ndarray] = field(default_factory=list)  # answered, and settled at every site
+    votes: list[np.ndarray] = field(default_factory=list)
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0
+    teachers: int = 0
+
+    def add(self, labels: np.ndarray, answered: np.ndarray, votes: np.ndarray, *, settled: bool) -> None:
+        self.labels.append(labels)
+        self.answered.append(answered)
+        self.used.append(answered if settled else np.zeros_like(answered))
+        self.votes.append(votes)
+
+
+def _write_outcome(s: Mapping[str, Any], mechanism: Any, out: _Labelling, retrained: int,
                    seconds: float) -> None:
-    """Released labels and the privacy analysis; the private votes are not written."""
+    """The labels to use and the privacy analysis; the private votes are not written. The
+    analysis counts every query the mechanism answered, a dropped one too."""
     from fedens.privacy import analyze_pate
 
-    out = L.federation_dir(s[L.RUN_DIR])
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "released_labels.npz", labels=labels, answered=answered)
+    folder = L.federation_dir(s[L.RUN_DIR])
+    folder.mkdir(parents=True, exist_ok=True)
+    labels, used = np.concatenate(out.labels), np.concatenate(out.used)
+    answered, votes = np.concatenate(out.answered), np.concatenate(out.votes)
+    buffer = io.BytesIO()
+    np.savez(buffer, labels=labels, answered=used)
+    L.write_atomic(folder / "released_labels.npz", buffer.getvalue())
     asked = votes.sum(axis=1) > 0
     analysis = None
     if mechanism.name == "confident_gnmax" and asked.any():
@@ -279,13 +312,12 @@ def _write_outcome(s: Mapping[str, Any], mechanism: Any, labels: np.ndarray, ans
                                 answered=answered[asked]).as_dict()
         if s.get(L.SMOOTH_SENSITIVITY):
             analysis["smooth_sensitivity_release"] = _release_data_dependent(
-                s, p, votes[asked], answered[asked], teachers)
-    report = {"teachers": teachers, "sites_that_trained_teachers": retrained,
-              "queries": len(labels), "answered": int(answered.sum()), "refused": refused,
-              "batches": batches, "analysis": analysis, "seconds": seconds}
-    tmp = out / "pate.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out / "pate.json")
+                s, p, votes[asked], answered[asked], out.teachers)
+    report = {"teachers": out.teachers, "sites_that_trained_teachers": retrained,
+              "queries": len(labels), "answered": int(used.sum()),
+              "answered_unsettled": int(answered.sum() - used.sum()), "refused": out.refused,
+              "batches": out.batches, "analysis": analysis, "seconds": seconds}
+    L.write_atomic(folder / "pate.json", json.dumps(report, indent=1))
 
 
 def _release_data_dependent(s: Mapping[str, Any], p: Mapping[str, float], votes: np.ndarray,
@@ -316,7 +348,9 @@ def make_pate_server_app(settings: Mapping[str, Any] | None = None,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        coordinate_pate(grid, L.merged(defaults, context.run_config), progress)
+        settings = L.merged(defaults, context.run_config)
+        with L.failure_recorded(settings[L.RUN_DIR]):
+            coordinate_pate(grid, settings, progress)
 
     return app
 

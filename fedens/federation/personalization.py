@@ -12,42 +12,45 @@ each site's comparison from the run directory, as each site would read its own.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord
 
 from fedens.combiners import GatedEnsemble
 from fedens.combiners.training import train_gated_ensemble
 from fedens.experts import expert_outputs
 from fedens.federation import layout as L
-from fedens.federation.site_data import initial_combiner, shared_experts, site_records
+from fedens.federation.site import SiteRequest, site_handler
 
 
 def scores(model: GatedEnsemble, P: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {head: float((model.combine(P, X, head).argmax(1) == y).mean()) for head in ("router", "weights")}
 
 
-def personalize_site(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
+@site_handler(contributes=False)
+def personalize_site(request: SiteRequest) -> Message:
+    """Fine-tune the final global combiner on the site's training part; keep it and the
+    comparison on the held-back part in the site's own folder. Its reply carries no data."""
     torch.set_num_threads(1)
-    s = L.merged(settings, context.run_config)
-    site, data_path, ledger_path = L.site_paths(s, context.node_config)
-    (X, y), (X_held, y_held) = site_records(s, data_path, site)
+    s, site = request.settings, request.site
+    (X, y), (X_held, y_held) = request.records()
     if len(y_held) == 0:
-        return Message(RecordDict({"metrics": MetricRecord({"site": site, "personalized": 0})}), reply_to=msg)
-    experts = shared_experts(s, context.node_config)
+        return request.reply(metrics=MetricRecord({"site": site, "personalized": 0}))
+    experts = request.experts()
     P, P_held = expert_outputs(experts, X), expert_outputs(experts, X_held)
-    model = initial_combiner(s, context.node_config)
-    model.load_trainable(msg.content["arrays"].to_torch_state_dict())
+    model = request.initial_combiner()
+    model.load_trainable(request.msg.content["arrays"].to_torch_state_dict())
     global_scores = scores(model, P_held, X_held, y_held)
     train_gated_ensemble(model, X, P, y, int(s[L.PERSONAL_EPOCHS]), float(s[L.LEARNING_RATE]) / 5,
                          int(s[L.BATCH_SIZE]), seed=int(s[L.SEED]) * 1000 + site)
     personal_scores = scores(model, P_held, X_held, y_held)
-    torch.save(model.trainable_state(), ledger_path.parent / "personalized_combiner.pt")
+    buffer = io.BytesIO()
+    torch.save(model.trainable_state(), buffer)
+    L.write_atomic(request.folder / "personalized_combiner.pt", buffer.getvalue())
     report = {"site": site, "train_records": len(y), "held_back_records": len(y_held),
               "global": global_scores, "personalized": personal_scores}
-    L.write_atomic(L.personalization_report_path(ledger_path), json.dumps(report, indent=1))
-    return Message(RecordDict({"metrics": MetricRecord({"site": site, "personalized": 1})}), reply_to=msg)
+    L.write_atomic(L.personalization_report_path(request.ledger_path), json.dumps(report, indent=1))
+    return request.reply(metrics=MetricRecord({"site": site, "personalized": 1}))

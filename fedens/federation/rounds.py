@@ -40,11 +40,16 @@ def short_reason(text: str, limit: int = 300) -> str:
     return reason[:limit]
 
 
+#: a refusal's error code -> the failure's kind ("error": raised; "timeout": no reply)
+FAILURE_KINDS = {L.BUDGET_REFUSED: "refused", L.OPTED_OUT: "opted-out", L.DATA_INVALID: "invalid-data",
+                 L.SHARED_FILE_MISSING: "shared-file-missing"}
+
+
 @dataclass
 class Failure:
     site: int | None  # None: a node that never answered the roll call
     node: int
-    kind: str  # "error" (raised) | "refused" (budget) | "opted-out" | "timeout"
+    kind: str  # a FAILURE_KINDS value, "error" (raised) or "timeout"
     reason: str
     code: int | None = None
 
@@ -116,7 +121,7 @@ class SiteGrid:
             if reply.has_error():
                 node = reply.metadata.src_node_id
                 code = int(reply.error.code)
-                kind = {L.BUDGET_REFUSED: "refused", L.OPTED_OUT: "opted-out"}.get(code, "error")
+                kind = FAILURE_KINDS.get(code, "error")
                 self.failures.append(Failure(self.site_of.get(node), node, kind,
                                              short_reason(reply.error.reason), code))
                 if code == L.SHARED_FILE_MISSING:  # asked again, and shipped the file, next round

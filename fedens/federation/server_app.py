@@ -117,11 +117,12 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
     started = time.monotonic() - (report["rounds"][-1]["elapsed_s"] if report["rounds"] else 0.0)
 
     def evaluate(server_round: int, current: ArrayRecord, reports: dict[str, dict[str, float]],
-                 failures: list[dict[str, Any]]) -> None:
+                 failures: list[dict[str, Any]], aggregated: bool) -> None:
         model.load_trainable(current.to_torch_state_dict())
         row = {
             "round": server_round,
             **evaluate_model(model, P_test, X_test, y_test, top_k),
+            "aggregated": aggregated,  # False: too few replies, the parameters were kept
             "sites_reporting": len(reports),
             "sites_failed": len(failures),
             "epsilon_max": max((r["epsilon"] for r in reports.values()), default=0.0),
@@ -136,12 +137,12 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
         failures = [f.as_dict() for f in outcome.failures]
         report["sites"][str(outcome.round)] = reports
         report["failures"][str(outcome.round)] = failures
-        evaluate(outcome.round, outcome.arrays, reports, failures)
+        evaluate(outcome.round, outcome.arrays, reports, failures, outcome.aggregated)
         if outcome.round % every == 0 or outcome.round == num_rounds:
             save_checkpoint(run_dir, outcome.round, outcome.arrays, strategy, report)
 
     if first_round == 1:
-        evaluate(0, arrays, {}, [])
+        evaluate(0, arrays, {}, [], False)
     shipment = Shipment.of(s)  # the sites get the shared files from here, not from our disk
     announce = shipment.announcement()
     site_grid = SiteGrid(grid, timeout=float(s[L.ROUND_TIMEOUT]), shipment=shipment)
@@ -166,7 +167,7 @@ def coordinate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None) ->
         rounds=len([r for r in report["sites"].values() if r]), delta=float(s[L.DELTA]),
     )
     report["strategy"] = str(s.get(L.STRATEGY, "FedAvg"))
-    (out / "rounds.json").write_text(json.dumps(report, indent=1))
+    L.write_atomic(out / "rounds.json", json.dumps(report, indent=1))
 
 
 def make_server_app(
@@ -179,6 +180,8 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        coordinate(grid, L.merged(defaults, context.run_config), progress)
+        settings = L.merged(defaults, context.run_config)
+        with L.failure_recorded(settings[L.RUN_DIR]):
+            coordinate(grid, settings, progress)
 
     return app

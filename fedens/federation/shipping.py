@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
 from fedens.federation import layout as L
@@ -190,20 +190,6 @@ def receive(msg: Message, context: Context, settings: Mapping[str, Any]) -> Mess
     log(INFO, "fedens: site %s stored %s from a %s message (%d bytes)", site, ", ".join(stored), SHIP,
         sum(int(np.prod(payload[key].shape)) for key in stored))
     return Message(RecordDict({"metrics": MetricRecord({"site": site})}), reply_to=msg)
-
-
-Handler = Callable[[Message, Context, Mapping[str, Any]], Message]
-
-
-def handle(handler: Handler, msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
-    """``handler`` reading the site's verified copies of the files ``msg`` announces; if a cached
-    one is absent or altered, an error reply (code ``SHARED_FILE_MISSING``) after which the
-    coordinator calls the roll again for this site, and ships it the file, next round."""
-    try:
-        local = with_local_copies(msg, context, settings)
-    except SharedFileMissing as error:
-        return Message(Error(code=L.SHARED_FILE_MISSING, reason=str(error)), reply_to=msg)
-    return handler(msg, local, settings)
 
 
 def with_local_copies(msg: Message, context: Context, settings: Mapping[str, Any]) -> Context:

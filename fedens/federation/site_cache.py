@@ -6,38 +6,35 @@ instead of loading the experts and calling them again. Any change to either make
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from fedens.federation import layout as L
-from fedens.federation.shipping import cache_dir, sha256_file
+from fedens.federation.shipping import sha256_file
 
 
-def outputs_path(ledger_path: Path, experts_path: Path, X: np.ndarray) -> Path:
+def outputs_path(site_folder: Path, experts_path: Path, X: np.ndarray) -> Path:
     key = hashlib.sha256(sha256_file(experts_path).encode())
     key.update(str((X.dtype.str, X.shape)).encode())
     key.update(np.ascontiguousarray(X).tobytes())
-    return cache_dir(ledger_path) / "outputs" / f"{key.hexdigest()}.npy"
+    return site_folder / "cache" / "outputs" / f"{key.hexdigest()}.npy"
 
 
-def site_expert_outputs(settings: Mapping[str, Any], node_config: Mapping[str, Any], X: np.ndarray
-                        ) -> np.ndarray:
-    """The shared experts' outputs ``(n, K, C)`` on the site's records ``X``, from its cache
-    when there (then neither the experts nor their libraries are loaded)."""
-    _, _, ledger_path = L.site_paths(settings, node_config)
-    experts_path = L.shared_file(settings, node_config, L.EXPERTS_PATH)
-    path = outputs_path(ledger_path, experts_path, X)
+def cached_expert_outputs(site_folder: Path, experts_path: Path, X: np.ndarray,
+                          load_experts: Callable[[], list]) -> np.ndarray:
+    """The experts' outputs ``(n, K, C)`` on ``X``: from the site's cache, else computed with the
+    experts ``load_experts()`` returns and cached (written atomically)."""
+    path = outputs_path(site_folder, experts_path, X)
     if path.is_file():
         return np.load(path)
     from fedens.experts import expert_outputs
-    from fedens.federation.site_data import shared_experts
 
-    P = expert_outputs(shared_experts(settings, node_config), X)
+    P = expert_outputs(load_experts(), X)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, P)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.save(buffer, P)
+    L.write_atomic(path, buffer.getvalue())
     return P

@@ -5,7 +5,7 @@ from fedens.privacy.accounting import (
     dpsgd_event,
     epsilon_from_events,
 )
-from fedens.privacy.ledger import BudgetExceeded, PrivacyLedger
+from fedens.privacy.ledger import BudgetExceeded, LedgerUnreadable, PrivacyLedger, UnknownReservation
 from fedens.privacy.mechanisms import (
     MECHANISMS,
     ConfidentGNMax,
@@ -39,7 +39,9 @@ from fedens.privacy.smooth_sensitivity import (
 
 __all__ = [
     "BudgetExceeded",
+    "LedgerUnreadable",
     "PrivacyLedger",
+    "UnknownReservation",
     "calibrate_dpsgd_noise",
     "dpsgd_event",
     "epsilon_from_events",

@@ -14,12 +14,25 @@ and the number of queries), so the budget guards the composition of worst
 cases: that bound holds without any argument about adaptively chosen costs.
 The realised epsilon is reported beside it as the tighter, Papernot-style
 figure.
+
+A release made elsewhere (the coordinator adds the noise to the sites' votes)
+is *reserved* at its worst case in the transaction that lets the site answer,
+and *settled* to what it spent once the coordinator says: a site never answers
+without the worst case already recorded. A release a site makes itself can
+record the sha256 of its output under its release key, so a re-run that gives
+another output is known to be a new release (:meth:`PrivacyLedger.recorded_output`).
+
+Readers open a ledger read-only (:meth:`PrivacyLedger.read`): nothing is
+written to the file or beside it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -38,7 +51,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
     mechanism TEXT NOT NULL, params TEXT NOT NULL, event TEXT NOT NULL,
-    worst_case TEXT NOT NULL, release_key TEXT);
+    worst_case TEXT NOT NULL, release_key TEXT, state TEXT NOT NULL DEFAULT 'charged',
+    output_sha256 TEXT);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, round INTEGER,
     mechanism TEXT NOT NULL, epsilon_if_released REAL NOT NULL,
@@ -46,8 +60,22 @@ CREATE TABLE IF NOT EXISTS refusals (
 """
 
 
+#: columns added after the first ledgers were written: (name, its SQL type and default)
+_LATER_COLUMNS = (("release_key", "TEXT"), ("state", "TEXT NOT NULL DEFAULT 'charged'"),
+                  ("output_sha256", "TEXT"))
+CHARGED, RESERVED, SETTLED = "charged", "reserved", "settled"  # an event's state
+
+
 class BudgetExceeded(RuntimeError):
     """A release was refused because it would take the site past its budget."""
+
+
+class LedgerUnreadable(RuntimeError):
+    """A file is not a readable privacy ledger; the message names the file and why."""
+
+
+class UnknownReservation(LookupError):
+    """A settlement names no reservation of this ledger (or one of another mechanism)."""
 
 
 def event_to_json(event: dp_accounting.DpEvent) -> str:
@@ -98,19 +126,21 @@ class PrivacyLedger:
     """
 
     def __init__(self, path: Path | str, site: str, budget_epsilon: float, delta: float) -> None:
-        if budget_epsilon <= 0:
-            raise ValueError(f"budget_epsilon must be > 0, got {budget_epsilon}")
+        if not (0 < budget_epsilon < float("inf")):
+            raise ValueError(f"budget_epsilon must be finite and > 0, got {budget_epsilon}")
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
-        self.path = Path(path)
+        self.path, self.read_only, self._copy = Path(path), False, None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
-        if "release_key" not in columns:  # a ledger written before release keys existed
-            self._db.execute("ALTER TABLE events ADD COLUMN release_key TEXT")
+        for name, kind in _LATER_COLUMNS:  # a ledger written before the column existed
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+        self._columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
         self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_release_key ON events(release_key) "
                          "WHERE release_key IS NOT NULL")
         self.site, self.budget_epsilon, self.delta = site, float(budget_epsilon), float(delta)
@@ -125,15 +155,67 @@ class PrivacyLedger:
 
     @classmethod
     def open_existing(cls, path: Path | str) -> PrivacyLedger:
-        """Reopen a ledger with the budget it was written with."""
-        if not Path(path).is_file():
+        """Reopen a ledger for writing, with the budget it was written with."""
+        reader = cls.read(path)
+        site, budget, delta = reader.site, reader.budget_epsilon, reader.delta
+        reader.close()
+        return cls(path, site, budget, delta)
+
+    @classmethod
+    def read(cls, path: Path | str) -> PrivacyLedger:
+        """Open a ledger read-only: nothing is written to the file or beside it.
+
+        A ledger whose last writer closed it cleanly has no write-ahead log and is read as an
+        immutable file. One with a log (a writer may be live) is read through SQLite's shared
+        memory when its folder is writable, else from a private copy of the file and its log
+        (an archive that was not closed cleanly).
+
+        Raises
+        ------
+        FileNotFoundError
+            if there is no file at ``path``.
+        LedgerUnreadable
+            if the file is not a privacy ledger (truncated, garbage, another database).
+        """
+        path = Path(path)
+        if not path.is_file():
             raise FileNotFoundError(f"no privacy ledger at {path}")
-        with sqlite3.connect(path) as db:
-            meta = dict(db.execute("SELECT key, value FROM meta"))
-        return cls(path, meta["site"], float(meta["budget_epsilon"]), float(meta["delta"]))
+        self = cls.__new__(cls)
+        self.path, self.read_only, self._copy = path, True, None
+        wal = path.with_name(path.name + "-wal")
+        try:
+            if not wal.is_file():
+                source = f"file:{_uri_path(path)}?immutable=1"
+            elif os.access(path.parent, os.W_OK):
+                source = f"file:{_uri_path(path)}?mode=ro"
+            else:
+                self._copy = Path(tempfile.mkdtemp(prefix="fedens-ledger-"))
+                for file in (path, wal):
+                    shutil.copyfile(file, self._copy / file.name)
+                source = f"file:{_uri_path(self._copy / path.name)}?mode=ro"
+            self._db = sqlite3.connect(source, uri=True, isolation_level=None, timeout=30)
+            if (check := self._db.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
+                raise sqlite3.DatabaseError(check)
+            self._columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+            self.site, self.budget_epsilon = meta["site"], float(meta["budget_epsilon"])
+            self.delta = float(meta["delta"])
+            if not {"event", "worst_case", "mechanism"} <= self._columns:
+                raise KeyError("events table")
+        except (sqlite3.Error, KeyError, ValueError, OSError) as error:
+            self.close()
+            reason = f"no {error}" if isinstance(error, KeyError) else str(error)
+            raise LedgerUnreadable(f"{path}: not a readable privacy ledger ({reason})") from None
+        return self
 
     def _transaction(self) -> _Transaction:
+        if self.read_only:
+            raise RuntimeError(f"{self.path} was opened read-only (PrivacyLedger.read)")
         return _Transaction(self._db)
+
+    def _column(self, name: str, default: str = "NULL") -> str:
+        """``name`` if the events table has it (an older ledger may not), else ``default``."""
+        return name if name in self._columns else default
 
     def events(self) -> list[dp_accounting.DpEvent]:
         """What each release spent (an abstaining Confident-GNMax query: its check only)."""
@@ -146,14 +228,16 @@ class PrivacyLedger:
         return [event_from_json(text) for (text,) in rows]
 
     def records(self) -> list[dict[str, Any]]:
-        """Every event with time, round, mechanism, parameters and its named tuple."""
+        """Every event with time, round, mechanism, parameters, its named tuple, its release key
+        and state (charged; or reserved at its worst case, then settled)."""
         rows = self._db.execute(
-            "SELECT time, round, mechanism, params, event, release_key FROM events ORDER BY id"
+            f"SELECT time, round, mechanism, params, event, {self._column('release_key')}, "
+            f"{self._column('state', repr(CHARGED))} FROM events ORDER BY id"
         ).fetchall()
         return [
             {"time": t, "round": r, "mechanism": m, "params": json.loads(p), "event": json.loads(e),
-             "release_key": k}
-            for t, r, m, p, e, k in rows
+             "release_key": k, "state": state}
+            for t, r, m, p, e, k, state in rows
         ]
 
     def epsilon(self) -> float:
@@ -170,10 +254,17 @@ class PrivacyLedger:
     def _would_reach(self, worst_case: list[dp_accounting.DpEvent]) -> float:
         return epsilon_from_events([*self.worst_case_events(), *worst_case], self.delta)
 
+    def _has_refusals_table(self) -> bool:  # a ledger from before refusals were kept has none
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'refusals'").fetchone() is not None
+
     def refusals(self) -> int:
+        if not self._has_refusals_table():
+            return 0
         return int(self._db.execute("SELECT COUNT(*) FROM refusals").fetchone()[0])
 
     def queries_refused(self) -> int:
+        if not self._has_refusals_table():
+            return 0
         return int(self._db.execute("SELECT COALESCE(SUM(queries), 0) FROM refusals").fetchone()[0])
 
     def _refuse(self, mechanism: str, round: int | None, eps: float, queries: int = 0) -> BudgetExceeded:
@@ -188,12 +279,13 @@ class PrivacyLedger:
         )
 
     def _record(self, event: dp_accounting.DpEvent, worst_case: dp_accounting.DpEvent, mechanism: str,
-                round: int | None, params: dict[str, Any] | None, release_key: str | None = None) -> None:
+                round: int | None, params: dict[str, Any] | None, release_key: str | None = None,
+                state: str = CHARGED) -> None:
         self._db.execute(
-            "INSERT INTO events (time, round, mechanism, params, event, worst_case, release_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (time, round, mechanism, params, event, worst_case, release_key, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time(), round, mechanism, json.dumps(params or {}), event_to_json(event),
-             event_to_json(worst_case), release_key),
+             event_to_json(worst_case), release_key, state),
         )
 
     def has_release(self, release_key: str) -> bool:
@@ -201,29 +293,33 @@ class PrivacyLedger:
         row = self._db.execute("SELECT 1 FROM events WHERE release_key = ?", (release_key,)).fetchone()
         return row is not None
 
-    def check_budget(
-        self,
-        worst_case: list[dp_accounting.DpEvent],
-        *,
-        mechanism: str,
-        round: int | None = None,
-        queries: int = 0,
-    ) -> float:
-        """Raise :class:`BudgetExceeded` (recording the refusal) unless ``worst_case``
-        fits the budget; return the epsilon it would reach.
+    def recorded_output(self, release_key: str) -> str | None:
+        """The sha256 of the output released under ``release_key`` (None: none recorded)."""
+        row = self._db.execute(f"SELECT {self._column('output_sha256')} FROM events WHERE release_key = ?",
+                               (release_key,)).fetchone()
+        return None if row is None else row[0]
 
-        For releases made elsewhere (the coordinator adds the noise): the site
-        checks the worst case before it contributes, then :meth:`charge` s what
-        the release actually spent, which can then never be refused.
+    def record_output(self, release_key: str, output_sha256: str) -> None:
+        """Record the sha256 of what the release under ``release_key`` sends, before it is sent.
+
+        A re-run with the same key whose output differs is then a new release, to be charged
+        (a key names the inputs; this names the output, whatever made it differ).
+
+        Raises
+        ------
+        UnknownReservation
+            if no release is recorded under the key, or another output already is.
         """
-        refusal = None
         with self._transaction():
-            eps = self._would_reach(worst_case)
-            if eps > self.budget_epsilon:
-                refusal = self._refuse(mechanism, round, eps, queries)
-        if refusal is not None:
-            raise refusal
-        return eps
+            row = self._db.execute("SELECT output_sha256 FROM events WHERE release_key = ?",
+                                   (release_key,)).fetchone()
+            if row is None:
+                raise UnknownReservation(f"site {self.site}: no release recorded under {release_key!r}")
+            if row[0] not in (None, output_sha256):
+                raise UnknownReservation(f"site {self.site}: release {release_key!r} already sent output "
+                                         f"{row[0][:16]}..., not {output_sha256[:16]}...")
+            self._db.execute("UPDATE events SET output_sha256 = ? WHERE release_key = ?",
+                             (output_sha256, release_key))
 
     def release(
         self,
@@ -300,8 +396,63 @@ class PrivacyLedger:
             raise refusal
         return self.epsilon()
 
+    def reserve(
+        self,
+        worst_case: list[dp_accounting.DpEvent],
+        *,
+        mechanism: str,
+        release_key: str,
+        round: int | None = None,
+        params: dict[str, Any] | None = None,
+        queries: int = 0,
+    ) -> float:
+        """Record a release made elsewhere at its worst case, before the site contributes to it;
+        return the epsilon (worst case) it reaches. The same key again is the same contribution,
+        reserved once. :meth:`settle` later records what it actually spent.
+
+        Raises
+        ------
+        BudgetExceeded
+            if the worst case does not fit the budget; the refusal is recorded.
+        """
+        refusal, composed = None, dp_accounting.ComposedDpEvent(list(worst_case))
+        with self._transaction():
+            if not self.has_release(release_key):
+                if (worst := self._would_reach(list(worst_case))) > self.budget_epsilon:
+                    refusal = self._refuse(mechanism, round, worst, queries)
+                else:
+                    self._record(composed, composed, mechanism, round, params, release_key, RESERVED)
+        if refusal is not None:
+            raise refusal
+        return self.epsilon_worst_case()
+
+    def settle(self, release_key: str, event: dp_accounting.DpEvent, *, mechanism: str,
+               params: dict[str, Any] | None = None) -> float:
+        """Replace a reservation's worst case by what the release spent (its worst case stays, and
+        the budget keeps guarding it); return the epsilon spent. Settling twice with the same
+        event is a no-op.
+
+        Raises
+        ------
+        UnknownReservation
+            if ``release_key`` names no reservation of ``mechanism`` in this ledger.
+        """
+        text = event_to_json(event)
+        with self._transaction():
+            row = self._db.execute("SELECT mechanism, state, event FROM events WHERE release_key = ?",
+                                   (release_key,)).fetchone()
+            if row is None or row[0] != mechanism or row[1] == CHARGED or (
+                    row[1] == SETTLED and row[2] != text):
+                raise UnknownReservation(f"site {self.site}: no open {mechanism} reservation "
+                                         f"{release_key!r} to settle")
+            update = "UPDATE events SET event = ?, state = ?" + (", params = ?" if params else "")
+            self._db.execute(update + " WHERE release_key = ?",
+                             (text, SETTLED, *([json.dumps(params)] if params else []), release_key))
+        return self.epsilon()
+
     def summary(self) -> dict[str, Any]:
         worst = self.epsilon_worst_case()
+        states = [r["state"] for r in self.records()]
         return {
             "site": self.site,
             "epsilon": self.epsilon(),
@@ -309,14 +460,27 @@ class PrivacyLedger:
             "budget": self.budget_epsilon,
             "remaining": self.budget_epsilon - worst,
             "delta": self.delta,
-            "events": len(self.events()),
+            "events": len(states),
+            "reserved": states.count(RESERVED),  # made elsewhere, not yet settled: at worst case
             "refusals": self.refusals(),
             "queries_refused": self.queries_refused(),
             "accounting": ACCOUNTING_METHOD,
         }
 
     def close(self) -> None:
-        self._db.close()
+        if getattr(self, "_db", None) is not None:
+            self._db.close()
+            self._db = None  # type: ignore[assignment]
+        if getattr(self, "_copy", None) is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
+
+
+def _uri_path(path: Path) -> str:
+    """``path`` for an SQLite ``file:`` URI (absolute, with ``?`` and ``#`` escaped)."""
+    from urllib.parse import quote
+
+    return quote(str(path.resolve()))
 
 
 class _Transaction:

@@ -1,5 +1,7 @@
 """The site's train handler, called directly (no Ray): state across rounds, budget refusals."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +34,8 @@ def settings(run_dir, rounds=3, target=4.0, budget=4.0):
             L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
             L.NUM_ROUNDS: rounds, L.LOCAL_EPOCHS: 1, L.BATCH_SIZE: 16, L.LEARNING_RATE: 0.05,
             L.TARGET_EPSILON: target, L.BUDGET_EPSILON: budget, L.DELTA: 1e-5,
-            L.MAX_GRAD_NORM: 1.0, L.SEED: 0}
+            L.MAX_GRAD_NORM: 1.0, L.SEED: 0,
+            L.TASK_SCHEMA: json.dumps({"num_features": 64, "num_classes": 10})}
 
 
 def initial_trainable(run_dir):
@@ -85,7 +88,7 @@ def test_site_refuses_a_round_its_budget_cannot_pay_for(site_files):
     replies = [train_site(train_message(state, r), context, s) for r in (1, 2, 3)]
     assert [m.has_error() for m in replies] == [False, False, True]
     assert f"budget {budget:g}" in replies[2].error.reason
-    ledger = PrivacyLedger.open_existing(L.site_dir(site_files, 0) / "ledger.sqlite")
+    ledger = PrivacyLedger.read(L.site_dir(site_files, 0) / "ledger.sqlite")
     assert len(ledger.events()) == 2 and ledger.refusals() == 1
     assert ledger.epsilon() == pytest.approx(two_rounds) and ledger.epsilon() <= budget
 
@@ -105,3 +108,114 @@ def test_a_site_can_switch_its_contribution_off(site_files):
                        settings(site_files))
     assert reply.has_error() and "switched its contribution off" in reply.error.reason
     assert not (L.site_dir(site_files, 0) / "ledger.sqlite").exists()  # nothing read, nothing spent
+
+
+def new_run_context():
+    """The site in a new run: fresh Flower state, the same ledger on its disk."""
+    return Context(run_id=2, node_id=1, node_config={L.PARTITION_ID: 0}, state=RecordDict(), run_config={})
+
+
+def independent_epsilon(events):
+    """epsilon of ``events`` with dp-accounting alone (RDP)."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    accountant = RdpAccountant()
+    for event in events:
+        accountant.compose(dp_accounting.DpEvent.from_named_tuple(event.to_named_tuple()))
+    return accountant.get_epsilon(1e-5)
+
+
+def test_a_rerun_with_other_noise_is_a_new_release_and_is_charged(site_files):
+    """The hole a re-run went through: same site, round, seed and received parameters, but
+    another number of rounds, hence another noise multiplier. It is another output, charged."""
+    state = initial_trainable(site_files)
+    first = train_site(train_message(state, 1), new_run_context(), settings(site_files, rounds=10, budget=8))
+    second = train_site(train_message(state, 1), new_run_context(), settings(site_files, rounds=2, budget=8))
+    sigmas = [m.content["metrics"]["noise-multiplier"] for m in (first, second)]
+    assert sigmas[0] > sigmas[1]  # fewer rounds planned: less noise per round
+    ledger = PrivacyLedger.read(L.site_dir(site_files, 0) / "ledger.sqlite")
+    q, steps = sample_rate_for(70, 16), round(1 / sample_rate_for(70, 16))
+    released = [dpsgd_event(sigma, q, steps) for sigma in sigmas]
+    assert len(ledger.events()) == 2
+    assert ledger.epsilon() == pytest.approx(independent_epsilon(released), rel=1e-12)
+    assert second.content["metrics"]["epsilon"] == ledger.epsilon()
+    # the very same release again (a resumed round) is recognised and costs nothing
+    again = train_site(train_message(state, 1), new_run_context(), settings(site_files, rounds=2, budget=8))
+    assert not again.has_error() and again.content["metrics"]["epsilon"] == ledger.epsilon()
+    ledger.close()
+    ledger = PrivacyLedger.read(L.site_dir(site_files, 0) / "ledger.sqlite")
+    assert len(ledger.events()) == 2
+    ledger.close()
+
+
+@pytest.mark.parametrize("change", ["records", "learning_rate", "received", "clip"])
+def test_anything_that_changes_the_update_changes_its_release_key(site_files, change):
+    s = settings(site_files, budget=8)
+    state = initial_trainable(site_files)
+    train_site(train_message(state, 1), new_run_context(), s)
+    if change == "records":
+        with np.load(L.site_dir(site_files, 0) / "data.npz") as data:
+            X, y = data["X"].copy(), data["y"]
+        X[0, 0] += 1.0
+        np.savez(L.site_dir(site_files, 0) / "data.npz", X=X, y=y)
+    elif change == "learning_rate":
+        s = {**s, L.LEARNING_RATE: 0.01}
+    elif change == "received":
+        state = {k: v + 0.01 for k, v in state.items()}
+    else:
+        s = {**s, L.MAX_GRAD_NORM: 0.5}
+    train_site(train_message(state, 1), new_run_context(), s)
+    ledger = PrivacyLedger.read(L.site_dir(site_files, 0) / "ledger.sqlite")
+    assert len(ledger.events()) == 2, change
+    ledger.close()
+
+
+def test_the_same_inputs_giving_another_output_are_charged_as_a_new_release(site_files, monkeypatch):
+    """Whatever makes an output differ under the same key (another BLAS kernel, say), the site
+    compares it with the output it recorded and charges it as the new release it is."""
+    from fedens.federation import client_app
+
+    state, s = initial_trainable(site_files), settings(site_files, budget=8)
+    first = train_site(train_message(state, 1), new_run_context(), s)
+    monkeypatch.setattr(client_app, "training_seed", lambda *args: 12345)  # other batches and noise
+    second = train_site(train_message(state, 1), new_run_context(), s)
+    assert not second.has_error()
+    assert not np.array_equal(first.content["arrays"]["router.weight"].numpy(),
+                              second.content["arrays"]["router.weight"].numpy())
+    ledger = PrivacyLedger.read(L.site_dir(site_files, 0) / "ledger.sqlite")
+    keys = [r["release_key"] for r in ledger.records()]
+    assert len(keys) == 2 and keys[1].startswith(keys[0] + "/output-")
+    sigma = first.content["metrics"]["noise-multiplier"]
+    q = sample_rate_for(70, 16)
+    assert ledger.epsilon() == pytest.approx(independent_epsilon([dpsgd_event(sigma, q, round(1 / q))] * 2))
+    ledger.close()
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("label_10", "column 'y' has label 10 (row 3): expected integer labels in [0, 9]"),
+    ("label_-1", "column 'y' has label -1 (row 3): expected integer labels in [0, 9]"),
+    ("nan_feature", "column 'X' has a non-finite value (row 3)"),
+    ("width", "column 'X' has shape (70, 63): expected (records, 64) features"),
+    ("no_labels", "has no column 'y'"),
+])
+def test_a_site_checks_its_records_before_it_spends_anything(site_files, damage, named):
+    path = L.site_dir(site_files, 0) / "data.npz"
+    with np.load(path) as data:
+        X, y = data["X"].copy(), data["y"].copy()
+    columns = {"X": X, "y": y}
+    if damage.startswith("label"):
+        y[3] = int(damage.split("_")[1])
+    elif damage == "nan_feature":
+        X[3, 5] = np.nan
+    elif damage == "width":
+        columns["X"] = X[:, :63]
+    else:
+        del columns["y"]
+    np.savez(path, **columns)
+    reply = train_site(train_message(initial_trainable(site_files), 1), new_run_context(),
+                       settings(site_files))
+    assert reply.has_error() and reply.error.code == L.DATA_INVALID
+    assert reply.error.reason.startswith("site 0: data.npz ") and named in reply.error.reason
+    assert "\n" not in reply.error.reason
+    assert not (L.site_dir(site_files, 0) / "ledger.sqlite").exists()  # nothing charged

@@ -149,8 +149,11 @@ def pilot(tmp_path_factory):
 def test_every_run_setting_is_declared_for_flwr_run(compose, tmp_path):
     """``flwr run`` only accepts run-config keys the app declares in pyproject.toml."""
     from fedens.experiment import federation_settings
+    from fedens.federation import layout as L
     from fedens.federation.deployment import APP_DIR, app_config_keys
 
+    L.task_schema_path(tmp_path).parent.mkdir(parents=True)
+    L.task_schema_path(tmp_path).write_text('{"num_features": 64, "num_classes": 10}')
     settings = federation_settings(compose(*SHRINK), tmp_path)
     assert set(settings) <= app_config_keys(APP_DIR), set(settings) - app_config_keys(APP_DIR)
 
@@ -233,7 +236,7 @@ def test_quickstart_in_deployment_resumes_and_matches_simulation(pilot, simulate
         folder = L.site_dir(pilot.run_dir, int(site))
         # each SuperNode read its own data and charged its own ledger, at the paths its
         # node-config names, once per round although round 2 ran twice
-        ledger = PrivacyLedger.open_existing(folder / "ledger.sqlite")
+        ledger = PrivacyLedger.read(folder / "ledger.sqlite")
         assert [r["round"] for r in ledger.records()] == [1, 2]
         ledger.close()
         assert deployed["privacy"]["per_site"][site]["epsilon"] == pytest.approx(

@@ -125,7 +125,7 @@ def test_rehearsal_across_hosts_matches_simulation(rehearsal, simulated_shrunk_q
     for i in range(SITES):
         site = hosts / f"site_{i}"
         # its ledger is in its own folder: the report carries the ε the site sent
-        ledger = PrivacyLedger.open_existing(site / "ledger.sqlite")
+        ledger = PrivacyLedger.read(site / "ledger.sqlite")
         assert [r["round"] for r in ledger.records()] == [1, 2]
         epsilon = ledger.summary()["epsilon"]
         ledger.close()

@@ -58,7 +58,7 @@ def federate(cfg, run_dir):
 
 
 def ledger_records(run_dir, site):
-    ledger = PrivacyLedger.open_existing(L.site_dir(run_dir, site) / "ledger.sqlite")
+    ledger = PrivacyLedger.read(L.site_dir(run_dir, site) / "ledger.sqlite")
     try:
         return ledger.records(), ledger.epsilon()
     finally:
@@ -147,7 +147,7 @@ def test_a_site_whose_budget_cannot_pay_refuses_before_releasing(prepared, tmp_p
     with pytest.raises(RuntimeError, match="0 sites replied, fewer than min-replies=1"):
         coordinate(InProcessGrid(make_client_app(settings), NUM_SITES), settings, progress=None)
     for site in range(NUM_SITES):
-        ledger = PrivacyLedger.open_existing(L.site_dir(run_dir, site) / "ledger.sqlite")
+        ledger = PrivacyLedger.read(L.site_dir(run_dir, site) / "ledger.sqlite")
         assert (ledger.events(), ledger.refusals()) == ([], 1)
         ledger.close()
 

@@ -62,7 +62,7 @@ def ledger_epsilons(run_dir):
         if not path.is_file():  # never sampled
             out[site] = (0, 0.0)
             continue
-        ledger = PrivacyLedger.open_existing(path)
+        ledger = PrivacyLedger.read(path)
         out[site] = (len(ledger.events()), ledger.epsilon())
         ledger.close()
     return out
@@ -187,7 +187,7 @@ def test_each_site_personalises_and_keeps_its_comparison(prepared_cfg, run_dir):
     pooled = sum(r["personalized"]["router"] * r["held_back_records"] for r in summary["per_site"].values())
     assert summary["personalized_accuracy"] == pytest.approx(pooled / held)
     # the DP-SGD rounds trained on the rest only: each site's sample rate is batch / train records
-    ledger = PrivacyLedger.open_existing(L.site_dir(run_dir, 0) / "ledger.sqlite")
+    ledger = PrivacyLedger.read(L.site_dir(run_dir, 0) / "ledger.sqlite")
     rate = ledger.records()[0]["params"]["sample_rate"]
     assert rate == sample_rate_for(summary["per_site"]["0"]["train_records"], cfg.combiner.batch_size)
 
@@ -196,3 +196,67 @@ def test_short_reason_finds_the_message_in_a_ray_traceback():
     text = "ray::ClientAppActor.run()\n  File x\nClientAppException: \nException X occurred. Message: boom'>"
     assert short_reason(text) == "boom"
     assert short_reason("plain") == "plain" and short_reason("") == "(no reason given)"
+
+
+def test_ledgers_that_outlive_runs_hold_every_release_of_every_run(prepared_cfg, run_dir):
+    """In deployment a site's ledger is on its own disk and outlives runs. Two runs with other
+    settings against the same ledgers: every site's ledger holds both runs' releases, and epsilon
+    recomputed from its events with dp-accounting alone equals that of the releases the sites
+    reported making (their noise multipliers and sample rates)."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    from fedens.privacy.dpsgd import sample_rate_for
+
+    cfg, _ = prepared_cfg
+    first = federate(cfg, run_dir, **{L.NUM_ROUNDS: 3, L.BUDGET_EPSILON: 20.0})
+    second = federate(cfg, run_dir, **{L.NUM_ROUNDS: 2, L.BUDGET_EPSILON: 20.0})
+    for site in range(NUM_SITES):
+        reported = [r[str(site)] for run in (first, second) for r in run["sites"].values()]
+        assert len(reported) == 5
+        with np.load(L.site_dir(run_dir, site) / "data.npz") as data:
+            q = sample_rate_for(len(data["y"]), cfg.combiner.batch_size)
+        released = RdpAccountant()
+        for r in reported:
+            released.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+                q, dp_accounting.GaussianDpEvent(r["noise-multiplier"])), round(1 / q)))
+        ledger = PrivacyLedger.read(L.site_dir(run_dir, site) / "ledger.sqlite")
+        recorded = RdpAccountant()
+        for record in ledger.records():  # from the stored named tuples alone
+            e = record["event"]
+            recorded.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+                e["event"]["sampling_probability"],
+                dp_accounting.GaussianDpEvent(e["event"]["event"]["noise_multiplier"])), e["count"]))
+        assert recorded.get_epsilon(1e-5) == pytest.approx(released.get_epsilon(1e-5), rel=1e-12)
+        assert second["sites"]["2"][str(site)]["epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-12)
+        ledger.close()
+
+
+def test_a_federation_in_which_no_round_aggregates_reports_no_result(prepared_cfg, run_dir):
+    from fedens.experiment import FederationFailed, require_aggregated_rounds
+
+    cfg, _ = prepared_cfg
+    faults = ",".join(f"{site}:{r}:raise" for site in range(NUM_SITES) for r in (1, 2, 3))
+    report = federate(cfg, run_dir, **{L.INJECT_FAULTS: faults})
+    assert [r["aggregated"] for r in report["rounds"]] == [False, False, False, False]
+    with pytest.raises(FederationFailed, match=r"no round aggregated any site's update \(3 rounds, 9 site "
+                       r"failures: error\); first: site 0 in round 1: site 0: injected failure in round 1"):
+        require_aggregated_rounds(report)
+    one_round = federate(cfg, run_dir, **{L.INJECT_FAULTS: faults.replace("1:3:raise", "")})
+    require_aggregated_rounds(one_round)  # one site's update in one round is a federated result
+
+
+def test_a_site_whose_records_do_not_fit_fails_the_round_and_spends_nothing(prepared_cfg, run_dir):
+    cfg, _ = prepared_cfg
+    path = L.site_dir(run_dir, 1) / "data.npz"
+    with np.load(path) as data:
+        X, y = data["X"], data["y"].copy()
+    y[0] = 10
+    np.savez(path, X=X, y=y)
+    report = federate(cfg, run_dir, **{L.NUM_ROUNDS: 1})
+    (failure,) = report["failures"]["1"]
+    assert failure["site"] == 1 and failure["kind"] == "invalid-data"
+    assert failure["reason"] == ("site 1: data.npz column 'y' has label 10 (row 0): expected integer "
+                                 "labels in [0, 9]")
+    assert not (L.site_dir(run_dir, 1) / "ledger.sqlite").exists()
+    assert set(report["sites"]["1"]) == {"0", "2"}

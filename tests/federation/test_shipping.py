@@ -192,7 +192,7 @@ def test_rounds_read_the_expert_outputs_a_site_cached_and_not_the_experts(coordi
     def no_experts(*_):
         raise AssertionError("the experts were loaded although their outputs are cached")
 
-    monkeypatch.setattr("fedens.federation.site_data.shared_experts", no_experts)
+    monkeypatch.setattr("fedens.federation.site.SiteRequest.experts", no_experts)
     report, _ = federate(remote_sites(settings), settings)
     assert report["failures"] == {"1": []}
     # other experts (another sha256) would get their own entry
@@ -204,6 +204,8 @@ def test_rounds_read_the_expert_outputs_a_site_cached_and_not_the_experts(coordi
 
 def test_the_inline_limit_is_a_run_setting(compose, tmp_path):
     cfg = compose("federation.ship_inline_bytes=0")
+    L.task_schema_path(tmp_path).parent.mkdir(parents=True)
+    L.task_schema_path(tmp_path).write_text('{"num_features": 64, "num_classes": 10}')
     assert federation_settings(cfg, tmp_path)[L.SHIP_INLINE_BYTES] == 0
     for name in ("experts.pkl", "initial_combiner.pt"):
         (tmp_path / name).write_bytes(b"x")

@@ -68,7 +68,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     rows = json.loads((run_dir / "federation" / "rounds.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     for site in range(3):  # one DP-SGD release per round, none charged twice
-        ledger = PrivacyLedger.open_existing(run_dir / "sites" / f"site_{site}" / "ledger.sqlite")
+        ledger = PrivacyLedger.read(run_dir / "sites" / f"site_{site}" / "ledger.sqlite")
         assert [r["round"] for r in ledger.records()] == [1, 2, 3]
         assert ledger.epsilon() <= 4.0
 
