@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import dp_accounting
+import numpy as np
 from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
 ACCOUNTING_METHOD = "rdp"
+#: how dp-accounting's RdpAccountant turns RDP into (epsilon, delta), named in every report
+RDP_CONVERSION = ("dp-accounting RdpAccountant.get_epsilon: the minimum over RDP orders of the "
+                  "conversion of Canonne, Kamath & Steinke 2020 (arXiv:2004.00010, Prop. 12)")
 
 # dp-accounting logs (through absl) a warning for every fractional RDP order it
 # drops from the minimisation; that is expected and would flood the console.
@@ -46,23 +52,60 @@ def epsilon_from_events(
     and their Poisson-sampled and composed forms).
     """
     if method == "rdp":
-        accountant: dp_accounting.PrivacyAccountant = RdpAccountant()
-    elif method == "pld":
-        from dp_accounting.pld import PLDAccountant
-
-        accountant = PLDAccountant()
-    else:
+        return _rdp_epsilon(events, delta)
+    if method != "pld":
         raise ValueError(f"accounting method must be 'rdp' or 'pld', got {method!r}")
-    if method == "rdp":  # RDP adds up: compute each distinct event once, times its count
-        distinct: dict[str, list] = {}
-        for event in events:
-            distinct.setdefault(repr(event), [event, 0])[1] += 1
-        for event, count in distinct.values():
-            accountant.compose(event, count)
-    else:
-        for event in events:
-            accountant.compose(event)
+    from dp_accounting.pld import PLDAccountant
+
+    accountant = PLDAccountant()
+    for event in events:
+        accountant.compose(event)
     return float(accountant.get_epsilon(delta))
+
+
+def _rdp_epsilon(events: Iterable[dp_accounting.DpEvent], delta: float) -> float:
+    """What ``RdpAccountant`` computes for ``events`` (each distinct event composed once with its
+    count), bit for bit: the same increments in the same order, each leaf's RDP vector computed
+    by dp-accounting once per process (a site's ledger repeats the same few events every round)."""
+    distinct: dict[str, list] = {}
+    for event in events:
+        distinct.setdefault(repr(event), [event, 0])[1] += 1
+    total = np.zeros_like(_ORDERS)
+    for event, count in distinct.values():
+        for leaf, leaf_count in _leaves(event, count):
+            total += _leaf_rdp(leaf, leaf_count)
+    return float(compute_epsilon(_ORDERS, total, delta)[0])
+
+
+_ORDERS = np.array(RdpAccountant().orders)
+
+
+def _leaves(event: dp_accounting.DpEvent, count: int) -> Iterator[tuple[dp_accounting.DpEvent, int]]:
+    """The (event, count) pairs ``RdpAccountant`` adds up for ``event`` composed ``count`` times,
+    in its order: self-compositions multiply the count, compositions are walked in turn."""
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        yield from _leaves(event.event, event.count * count)
+    elif isinstance(event, dp_accounting.ComposedDpEvent):
+        for inner in event.events:
+            yield from _leaves(inner, count)
+    else:
+        yield event, count
+
+
+_LEAF_RDP: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _leaf_rdp(event: dp_accounting.DpEvent, count: int) -> np.ndarray:
+    """RDP of ``event`` composed ``count`` times, by dp-accounting; kept by the event's repr
+    (which names its type and every parameter exactly) for the life of the process."""
+    key = (repr(event), count)
+    if key not in _LEAF_RDP:
+        accountant = RdpAccountant()
+        accountant.compose(event, count)  # raises on an event dp-accounting's RDP cannot account
+        if len(_LEAF_RDP) >= 4096:
+            _LEAF_RDP.clear()
+        _LEAF_RDP[key] = np.array(accountant.rdp, dtype=np.float64)
+    return _LEAF_RDP[key]
 
 
 def calibrate_dpsgd_noise(
@@ -81,6 +124,12 @@ def calibrate_dpsgd_noise(
     """
     if target_epsilon <= 0:
         raise ValueError(f"target_epsilon must be > 0, got {target_epsilon}")
+    return _calibrated_dpsgd_noise(float(target_epsilon), float(delta), float(sample_rate), int(steps))
+
+
+@functools.lru_cache(maxsize=1024)
+def _calibrated_dpsgd_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """dp-accounting's calibration, once per process for each setting (a pure function of them)."""
     return float(
         dp_accounting.calibrate_dp_mechanism(
             RdpAccountant,

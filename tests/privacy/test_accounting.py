@@ -109,3 +109,43 @@ def test_rdp_counts_repeated_events_once_and_matches_sequential_composition():
     for event in events:
         sequential.compose(event)
     assert epsilon_from_events(events, 1e-5) == pytest.approx(sequential.get_epsilon(1e-5), rel=1e-12)
+
+
+def test_rdp_epsilon_is_what_rdp_accountant_gives_bit_for_bit_cached_or_not():
+    """The ledgers' fast path (each leaf's RDP computed once per process) adds the same increments
+    in the same order as RdpAccountant composing each distinct event with its count."""
+    from fedens.privacy import accounting
+
+    confident = dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(150.0), 40),
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(40 / 2 ** 0.5), 17)])
+    batches = [
+        [dpsgd_event(1.3, 0.02, 50)] * 3 + [dp_accounting.GaussianDpEvent(2.0)],
+        [confident, dpsgd_event(0.9, 0.1, 10), confident, dp_accounting.LaplaceDpEvent(0.5)],
+        [dp_accounting.NoOpDpEvent(), dpsgd_event(2.5, 0.5, 3)],
+    ]
+    for events in batches:
+        reference = RdpAccountant()
+        distinct: dict[str, list] = {}
+        for event in events:
+            distinct.setdefault(repr(event), [event, 0])[1] += 1
+        for event, count in distinct.values():
+            reference.compose(event, count)
+        accounting._LEAF_RDP.clear()
+        cold = epsilon_from_events(events, 1e-5)
+        warm = epsilon_from_events(events, 1e-5)
+        assert cold == warm == reference.get_epsilon(1e-5)
+    with pytest.raises(dp_accounting.UnsupportedEventError):
+        epsilon_from_events([dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.LaplaceDpEvent(1.0))],
+                            1e-5)
+
+
+def test_noise_calibration_is_remembered_per_setting():
+    from fedens.privacy import accounting
+
+    accounting._calibrated_dpsgd_noise.cache_clear()
+    first = calibrate_dpsgd_noise(3.0, 1e-5, 0.07, 120)
+    assert calibrate_dpsgd_noise(3.0, 1e-5, 0.07, 120) == first
+    assert accounting._calibrated_dpsgd_noise.cache_info().hits == 1
+    assert calibrate_dpsgd_noise(3.0, 1e-5, 0.07, 121) != first  # another setting, computed anew
+    assert epsilon_from_events([dpsgd_event(first, 0.07, 120)], 1e-5) <= 3.0
