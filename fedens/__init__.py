@@ -1,13 +1,44 @@
 """fedens: federated, differentially private ensembles.
 
-Layers (dependencies point one way):
-``data, experts -> combiners -> privacy -> federation -> experiment -> cli``.
+Layers (dependencies point one way; ``tests/test_layers.py`` checks it):
+``registry, files, config_schema -> data, experts -> combiners -> privacy -> federation -> runs
+-> pipelines -> cli``. ``fedens.run`` (below) is the Python entry: the frame with every pipeline
+registered.
 """
 
 import os
+from importlib import metadata
+from typing import Any
 
 # A privacy framework phones nobody: switch Flower's telemetry off before any
 # Flower module is imported by a fedens module.
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("fedens")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0.1.0"
+
+
+def run(cfg: Any, run_dir: Any = None, resume: bool = False) -> dict[str, Any]:
+    """Run one experiment (a config from :func:`fedens.runs.compose`); returns its results.
+
+    Examples
+    --------
+    >>> import fedens                                                    # doctest: +SKIP
+    >>> from fedens.runs import compose
+    >>> results = fedens.run(compose(["federation.num_rounds=2"]), run_dir="outputs/try")
+    """
+    import fedens.pipelines  # noqa: F401  (registers every pipeline)
+    from fedens.runs import run as run_frame
+
+    return run_frame(cfg, run_dir=run_dir, resume=resume)
+
+
+def validate(cfg: Any) -> Any:
+    """Check a config before anything runs (ConfigError naming the first bad key); returns the
+    pipeline that would run it."""
+    import fedens.pipelines  # noqa: F401  (registers every pipeline)
+    from fedens.runs import validate as validate_frame
+
+    return validate_frame(cfg)

@@ -14,13 +14,38 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE = """usage: fedens run [KEY=VALUE ...] [-m] [hydra flags]
        fedens run resume=RUN_DIR
        fedens ledger RUN_DIR [--json]
+       fedens --version
 
-  run     run an experiment (default: experiment=quickstart); a Hydra app
-  ledger  epsilon spent and left per site of a finished run"""
+  run     run an experiment (default: experiment=quickstart); `fedens run --help` for more
+  ledger  epsilon spent and left per site of a run; `fedens ledger --help` for more"""
+
+
+def run_help() -> str:
+    """``fedens run --help``: the pipelines, presets and config groups, from the registries and
+    the package's config folder."""
+    from fedens.runs import PIPELINES
+    from fedens.runs.config import GROUP_KEYS, group_options
+
+    lines = ["usage: fedens run [KEY=VALUE ...] [-m] [--cfg job] [hydra flags]",
+             "       fedens run resume=RUN_DIR", "",
+             "Runs one fedens experiment (a Hydra app; outputs under ./outputs/<experiment>/<time>/).",
+             "", "experiments (experiment=NAME):"]
+    for preset in group_options("experiment"):
+        lines.append(f"  {preset}")
+    lines += ["", "pipelines (set by the experiment; each takes these group options):"]
+    for name, pipeline in PIPELINES.items():
+        lines.append(f"  {name}: " + "; ".join(f"{g}={'|'.join(o)}" for g, o in pipeline.groups.items()))
+    lines += ["", "config groups (GROUP=OPTION):"]
+    for group in GROUP_KEYS:
+        lines.append(f"  {group}: {', '.join(group_options(group))}")
+    lines += ["", "examples:", "  fedens run privacy.epsilon=1 federation.num_rounds=5",
+              "  fedens run -m privacy.epsilon=1,8 seed=0,1,2", "  fedens run experiment=pate_mnist",
+              "  fedens run --cfg job          # print the resolved config",
+              "", "Bad input: one line naming the key, the value and what is allowed; exit code 2."]
+    return "\n".join(lines)
 
 
 def fail(message: str) -> NoReturn:
@@ -51,10 +76,9 @@ def _explain_hydra_error(error: Exception, overrides: list[str]) -> str:
 
 
 def _compose(overrides: list[str], with_hydra: bool = False):  # type: ignore[no-untyped-def]
-    from hydra import compose, initialize_config_dir
+    from fedens.runs import compose
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
+    return compose(overrides, with_hydra=with_hydra)
 
 
 def _prevalidate(overrides: list[str]) -> None:
@@ -64,7 +88,8 @@ def _prevalidate(overrides: list[str]) -> None:
     from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from fedens.experiment import ConfigError, check_run_dir, validate
+    from fedens.runs import ConfigError, validate
+    from fedens.runs.rundir import check_run_dir
 
     try:
         cfg = _compose(overrides, with_hydra=True)
@@ -82,11 +107,12 @@ def _prevalidate(overrides: list[str]) -> None:
 def _run_or_exit(cfg, **kwargs) -> None:  # type: ignore[no-untyped-def]
     """``run(cfg)``; bad config: one line, exit 2; a federation or deployment that failed: one
     line, exit 1."""
-    from fedens.experiment import ConfigError, FederationFailed, run
+    import fedens
     from fedens.federation.deployment import DeploymentError
+    from fedens.runs import ConfigError, FederationFailed
 
     try:
-        run(cfg, **kwargs)
+        fedens.run(cfg, **kwargs)
     except ConfigError as error:
         fail(str(error))
     except (DeploymentError, FederationFailed) as error:
@@ -108,7 +134,14 @@ def resume_command(run_dir: str, others: list[str]) -> None:
     saved = Path(run_dir) / ".hydra" / "config.yaml"
     if not saved.is_file():
         fail(f"resume={run_dir}: no {saved}; expected a fedens run directory")
-    _run_or_exit(OmegaConf.load(saved), run_dir=run_dir, resume=True)
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as error:  # YAML or OmegaConf: the file is not a config
+        fail(f"resume={run_dir}: {saved} is not a readable config ({type(error).__name__}): "
+             "expected the .hydra/config.yaml a fedens run saved")
+    if "kind" in cfg and "pipeline" not in cfg:  # saved before pipelines were plugins
+        cfg.pipeline = "pate" if cfg.pop("kind") == "pate" else "ensemble"
+    _run_or_exit(cfg, run_dir=run_dir, resume=True)
 
 
 def run_command(args: list[str]) -> None:
@@ -119,11 +152,19 @@ def run_command(args: list[str]) -> None:
         resume_command(resume[0].split("=", 1)[1], [a for a in args if a not in resume])
         return
 
+    if any(a in ("-h", "--help") for a in args):
+        import fedens.pipelines  # noqa: F401  (the registry the help lists)
+
+        print(run_help())
+        return
     multirun = any(a in ("-m", "--multirun") for a in args)
-    informational = any(a.startswith("--cfg") or a in ("-c", "--help", "-h", "--info", "-i")
-                        for a in args)
+    informational = any(a.startswith("--cfg") or a in ("-c", "--info", "-i") for a in args)
     if not multirun and not informational:
+        import fedens.pipelines  # noqa: F401  (registers every pipeline)
+
         _prevalidate([a for a in args if not a.startswith("-")])
+    from fedens.runs.config import CONF_DIR
+
     sys.argv = ["fedens run", *args]
     main_fn = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
         _hydra_task
@@ -193,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
+        return
+    if args[0] in ("-V", "--version"):
+        from fedens import __version__
+
+        print(f"fedens {__version__}")
         return
     command, rest = args[0], args[1:]
     if command == "run":

@@ -108,12 +108,13 @@ netns_stage_site_data() {  # each site's records into its own folder, as each in
 import sys
 from pathlib import Path
 
-from fedens.cli import _compose, _prevalidate
-from fedens.experiment import _prepare
+from fedens.cli import _prevalidate
+from fedens.runs import compose as _compose
+from fedens.pipelines.ensemble import prepare
 
 overrides = [o for o in sys.argv[2:] if not o.startswith("hydra.")]
 _prevalidate(overrides)  # a bad override: one line, exit 2
-_prepare(_compose(overrides), Path(sys.argv[1]))
+prepare(_compose(overrides), Path(sys.argv[1]))
 EOF
   for ((i = 0; i < sites; i++)); do
     mv "$staging/sites/site_$i/data.npz" "$(site_dir "$i")/data.npz"
@@ -129,7 +130,7 @@ netns_seal() {  # each folder to its party's user, mode 0700; then check who can
   done
   chmod 700 "$logs"  # written by this shell (root): the parties' logs are no party's to read
   netns_as site_0
-  "${as[@]}" python -c "import fedens.federation.apps" 2>/dev/null ||
+  "${as[@]}" python -c "import fedens.federation.ensemble.apps" 2>/dev/null ||
     { echo "scripts/pilot: user $(party_user site_0) cannot import fedens from $PWD/.venv: make it world-readable" >&2; exit 1; }
   for p in $(parties); do  # each party against the coordinator's folder and the next site's
     others=(site_0)

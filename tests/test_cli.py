@@ -1,16 +1,37 @@
-"""The command line, through a subprocess: bad input gives one line and exit code 2."""
+"""The command line: bad input gives one line and exit code 2.
 
+``fedens_process`` runs the real entry point (``python -m fedens``) in a subprocess; ``fedens``
+calls the same ``fedens.cli.main`` in this process, with its output and exit code captured
+(a subprocess costs about 5 s of imports per call).
+"""
+
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
+from fedens.cli import main
 
-def fedens(*args, cwd):
+
+def fedens_process(*args, cwd):
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     return subprocess.run([sys.executable, "-m", "fedens", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
+
+
+def fedens(*args, cwd):
+    """``fedens ARGS`` in this process: (returncode, stdout, stderr) as a subprocess would give."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.mark.parametrize(
@@ -59,7 +80,7 @@ def test_bad_pate_input_is_one_line_exit_2(tmp_path, overrides, expected):
 
 
 def test_bad_input_in_a_multirun_also_exits_2(tmp_path):
-    result = fedens("run", "-m", "privacy.epsilon=0", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    result = fedens_process("run", "-m", "privacy.epsilon=0", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                     cwd=tmp_path)
     assert result.returncode == 2
     assert "privacy.epsilon=0" in result.stderr
@@ -68,14 +89,14 @@ def test_bad_input_in_a_multirun_also_exits_2(tmp_path):
 
 
 def test_unknown_command_and_help(tmp_path):
-    bad = fedens("train", cwd=tmp_path)
+    bad = fedens_process("train", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown command 'train'" in bad.stderr
     good = fedens("--help", cwd=tmp_path)
     assert good.returncode == 0 and "fedens run" in good.stdout
 
 
 def test_cfg_job_prints_the_resolved_config(tmp_path):
-    result = fedens("run", "--cfg", "job", "federation.num_sites=3", cwd=tmp_path)
+    result = fedens_process("run", "--cfg", "job", "federation.num_sites=3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "num_sites: 3" in result.stdout
     assert "name: quickstart" in result.stdout
@@ -94,7 +115,7 @@ def test_ledger_command_prints_each_site_and_json_recomputes(tmp_path):
                                site=site, budget_epsilon=8.0, delta=1e-5)
         ledger.charge(dpsgd_event(1.0, 0.1, steps), mechanism="dpsgd", round=1)
         ledger.close()
-    table = fedens("ledger", str(tmp_path), cwd=tmp_path)
+    table = fedens_process("ledger", str(tmp_path), cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert len(table.stdout.strip().splitlines()) == 3
 
@@ -143,7 +164,7 @@ def test_a_directory_that_holds_a_run_is_refused_before_anything_is_written(tmp_
     run_dir = tmp_path / "run"
     fake_run(run_dir, finished)
     before = snapshot(run_dir)
-    result = fedens("run", f"hydra.run.dir={run_dir}", "federation.num_rounds=2", cwd=tmp_path)
+    result = fedens_process("run", f"hydra.run.dir={run_dir}", "federation.num_rounds=2", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     state = "finished" if finished else "unfinished (it has sites)"
@@ -192,3 +213,16 @@ def test_the_ledger_command_has_help(tmp_path):
     result = fedens("ledger", "--help", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("usage: fedens ledger RUN_DIR [--json]")
     assert "read-only" in result.stdout
+
+
+def test_version_and_run_help(tmp_path):
+    import fedens as package
+
+    version = fedens("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.strip() == f"fedens {package.__version__}"
+    helped = fedens("run", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: fedens run")
+    for listed in ("experiment=NAME", "quickstart", "pate_mnist", "ensemble: data=digits",
+                   "pate: data=mnist", "partition: dirichlet, iid", "combiner: cascade, gated_ensemble"):
+        assert listed in helped.stdout, listed
+    assert "Hydra" not in helped.stdout.splitlines()[0] and not (tmp_path / "outputs").exists()

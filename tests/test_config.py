@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from fedens.cli import CONF_DIR
-from fedens.experiment import ConfigError, validate
+from fedens import validate
+from fedens.runs import ConfigError
+from fedens.runs.config import CONF_DIR
 
 GROUPS = ["data", "partition", "experts", "combiner", "privacy", "federation", "experiment"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -60,5 +61,42 @@ def test_validation_names_the_key(compose, override, key):
         validate(compose(override))
 
 
-def test_conf_dir_is_the_repositorys():
-    assert CONF_DIR == Path(__file__).resolve().parent.parent / "conf"
+def test_the_configs_ship_inside_the_package():
+    import fedens
+
+    assert CONF_DIR == Path(fedens.__file__).resolve().parent / "conf"
+    assert (CONF_DIR / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("override", ["partition=iid", "partition=dirichlet", "combiner=cascade",
+                                      "federation=deployment"])
+def test_a_group_option_the_quickstart_takes_validates(compose, override):
+    validate(compose(override))
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["experts=teacher_cnns"], "experts=teacher_cnns belongs to the pate pipeline; the ensemble pipeline "
+                               "(experiment=quickstart) takes experts=mixed_families"),
+    (["privacy=confident_gnmax"], "privacy=confident_gnmax belongs to the pate pipeline; the ensemble "
+                                  "pipeline (experiment=quickstart) takes privacy=dpsgd"),
+    (["data=mnist"], "data=mnist belongs to the pate pipeline"),
+    (["combiner=student"], "combiner=student belongs to the pate pipeline"),
+    (["experiment=pate_mnist", "federation=deployment"],
+     "federation=deployment belongs to the ensemble pipeline; the pate pipeline (experiment=pate_mnist) "
+     "takes federation=simulation"),
+    (["experiment=pate_mnist", "combiner=gated_ensemble"], "combiner=gated_ensemble belongs to the "
+                                                           "ensemble pipeline"),
+])
+def test_a_group_option_of_another_pipeline_is_refused_naming_it(compose, overrides, line):
+    with pytest.raises(ConfigError) as raised:
+        validate(compose(*overrides))
+    assert str(raised.value).startswith(line)
+
+
+@pytest.mark.parametrize("override, key", [("seed=-1", "seed"), ("seed=abc", "seed"),
+                                           ("experts.families=[foo]", "experts.families"),
+                                           ("federation.num_cpus=abc", "federation.num_cpus"),
+                                           ("pipeline=nope", "pipeline")])
+def test_more_bad_values_are_named(compose, override, key):
+    with pytest.raises(ConfigError, match=f"invalid {key}="):
+        validate(compose(override))

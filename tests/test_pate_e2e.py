@@ -1,4 +1,5 @@
-"""PATE across sites, shrunk (few teachers, few queries), end to end through Flower."""
+"""PATE across sites, shrunk (few teachers, few queries), end to end: through Flower's Simulation
+Engine, and (``in_process_engine``) with the same apps called in this process."""
 
 import json
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from fedens.experiment import run
+from fedens import run
 from fedens.privacy import PrivacyLedger
 
 SHRUNK = ["experiment=pate_mnist", "federation.num_sites=2", "experts.num_teachers=10",
@@ -71,7 +72,7 @@ def test_pate_pipeline_charges_every_site_exactly_what_was_released(compose, tmp
 
 
 @pytest.mark.slow
-def test_sites_refuse_queries_their_budget_cannot_pay_for(compose, tmp_path):
+def test_sites_refuse_queries_their_budget_cannot_pay_for(compose, tmp_path, in_process_engine):
     results = run(compose(*SHRUNK, "privacy.budget=20"), run_dir=tmp_path)
     assert results["privacy"]["queries_answered"] == 0
     assert results["privacy"]["queries_refused"] == 40
@@ -84,7 +85,7 @@ def test_sites_refuse_queries_their_budget_cannot_pay_for(compose, tmp_path):
 
 @pytest.mark.parametrize("sizes, total", [([6000] * 10, 250), ([100, 900], 10), ([5, 50000, 9995], 250)])
 def test_teachers_are_spread_in_proportion_to_site_sizes(sizes, total):
-    from fedens.pate import teachers_per_site
+    from fedens.pipelines.pate import teachers_per_site
 
     counts = teachers_per_site(sizes, total)
     assert sum(counts) == total and min(counts) >= 1
@@ -93,7 +94,7 @@ def test_teachers_are_spread_in_proportion_to_site_sizes(sizes, total):
 
 
 @pytest.mark.slow
-def test_pate_with_label_skewed_sites_and_prior_corrected_teachers(compose, tmp_path):
+def test_pate_with_label_skewed_sites_and_prior_corrected_teachers(compose, tmp_path, in_process_engine):
     results = run(compose(*SHRUNK, "privacy.budget=100", "partition=dirichlet", "partition.alpha=0.3",
                           "experts.prior_correction=1"), run_dir=tmp_path)
     per_site = results["data"]["teachers_per_site"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fedens.experiment import run
+from fedens import run
 from fedens.privacy import PrivacyLedger
 
 SCHEMA = {
@@ -26,7 +26,7 @@ SCHEMA = {
 @pytest.fixture(scope="module")
 def shrunk_run(tmp_path_factory):
     """A shrunk quickstart run through Flower's Simulation Engine: (its directory, its results)."""
-    from fedens.cli import _compose
+    from fedens.runs import compose as _compose
 
     run_dir = tmp_path_factory.mktemp("quickstart")
     cfg = _compose(["federation.num_sites=4", "federation.num_rounds=3", "combiner.central_epochs=10",
@@ -74,7 +74,7 @@ def test_quickstart_shrunk_end_to_end(shrunk_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["server_fixed", "client_adaptive"])
-def test_site_level_dp_through_flowers_wrappers(compose, tmp_path, mode):
+def test_site_level_dp_through_flowers_wrappers(compose, tmp_path, mode, in_process_engine):
     import dp_accounting
     from dp_accounting.rdp import RdpAccountant
 

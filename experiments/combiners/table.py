@@ -60,13 +60,13 @@ from fedens.experts import (
 )
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ["logreg", "knn", "tree", "naive_bayes", "mlp"]  # conf/experts/mixed_families.yaml
+FAMILIES = ["logreg", "knn", "tree", "naive_bayes", "mlp"]  # fedens/conf/experts/mixed_families.yaml
 TASKS = {  # public / private sizes (MNIST: subsampled from the 60,000 training images), generalist
     "digits": {"generalist": (256, 256), "generalist_iter": 500, "central": (64,), "central_iter": 2000},
     "mnist": {"public": 6000, "private": 6000, "generalist": (128,), "generalist_iter": 100,
               "central": (256,), "central_iter": 100},
 }
-ROUTER = {"dim": 16, "epochs": 50, "lr": 0.05, "batch_size": 32}  # conf/combiner/gated_ensemble.yaml
+ROUTER = {"dim": 16, "epochs": 50, "lr": 0.05, "batch_size": 32}  # fedens/conf/combiner/gated_ensemble.yaml
 CENTRAL_LRS = (0.05, 0.01, 0.005)  # central rows: the router's lr chosen on held-out private records
 # name -> (GatedEnsemble options, pretrain the router on public data first, also train centrally)
 CONFIGS = {
@@ -151,7 +151,7 @@ def run_network(rows: dict[str, Row], data: TaskData, experts: list, outputs: li
     add("stacking: temperature + weight (NLL)", StackingCombiner().fit(P_val, val.y, seed=seed).combine(P), K,
         costs.sum())
 
-    sites = dirichlet_partition(val.y, 10, 0.5, seed) if dp else []
+    sites = dirichlet_partition(val.y, 10, seed, alpha=0.5) if dp else []
     for name, (options, pretrain, central) in CONFIGS.items():
         initial = GatedEnsemble.with_public_projection(pub.X, K, ROUTER["dim"], seed, **options)
         if pretrain:

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from fedens.data.mnist import load_mnist
 from fedens.experts.teachers import TeacherCNNs, label_prior_shift
-from fedens.federation.pate_apps import teacher_seed, teacher_shards
+from fedens.federation.votes.sites import teacher_seed, teacher_shards
 
 run = Path(sys.argv[1])
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 640

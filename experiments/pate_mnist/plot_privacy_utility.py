@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedens.pate import ANCHORS  # noqa: E402
+from fedens.pipelines.pate import ANCHORS  # noqa: E402
 
 
 def load_runs(folder: Path) -> list[dict]:

@@ -7,12 +7,24 @@ from fedens.combiners.cascade import (
     confidence_histograms,
     thresholds_from_histograms,
 )
-from fedens.combiners.gated import GatedEnsemble, mixture_log_likelihood, pooled_score_cross_entropy
+from fedens.combiners.federated import FederatedForm
+from fedens.combiners.gated import (
+    GatedEnsemble,
+    mixture_log_likelihood,
+    pooled_score_cross_entropy,
+    pretrain_router,
+)
 from fedens.combiners.log_linear import LogLinearModule, LogLinearPool
 from fedens.combiners.stacking import StackingCombiner, StackingModule
-from fedens.combiners.state import FEDERATED_KINDS, combiner_from_state, combiner_state, load_combiner
+from fedens.combiners.state import (
+    combiner_from_state,
+    combiner_state,
+    federated_form,
+    federated_forms,
+    load_combiner,
+)
 from fedens.combiners.trainable import TrainableCombiner
-from fedens.combiners.training import pretrain_router, train_combiner, train_gated_ensemble
+from fedens.combiners.training import train_combiner, train_gated_ensemble
 
 __all__ = [
     "COMBINERS",
@@ -34,7 +46,9 @@ __all__ = [
     "confidence_histograms",
     "thresholds_from_histograms",
     "TrainableCombiner",
-    "FEDERATED_KINDS",
+    "FederatedForm",
+    "federated_form",
+    "federated_forms",
     "combiner_state",
     "combiner_from_state",
     "load_combiner",

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fedens.files import npz_bytes, write_atomic
 from fedens.registry import Registry, T
 
 COMBINERS = Registry("combiner")
@@ -84,6 +85,12 @@ def check_labels(y: np.ndarray, P: np.ndarray) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def accuracy_and_nll(proba: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, NLL with probabilities clipped at 1e-12) of distributions ``proba`` (n, C)."""
+    nll = -np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None)).mean()
+    return float((proba.argmax(1) == y).mean()), float(nll)
+
+
 def check_positive_int(value: int, name: str) -> int:
     """``value`` as an int if it is an integer >= 1, else a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -93,8 +100,7 @@ def check_positive_int(value: int, name: str) -> int:
 
 def save_arrays(path: str | Path, name: str, **arrays: Any) -> None:
     """Write ``arrays`` and the combiner's registry ``name`` to exactly ``path`` (npz format)."""
-    with open(path, "wb") as f:
-        np.savez(f, combiner=np.array(name), **arrays)
+    write_atomic(path, npz_bytes(combiner=np.array(name), **arrays))
 
 
 def load_arrays(path: str | Path, name: str) -> dict[str, np.ndarray]:

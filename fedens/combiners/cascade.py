@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedens.combiners.base import (
+    accuracy_and_nll,
     check_expert_outputs,
     check_labels,
     check_num_experts,
@@ -17,6 +19,8 @@ from fedens.combiners.base import (
     register_combiner,
     save_arrays,
 )
+from fedens.combiners.federated import FederatedForm
+from fedens.config_schema import Rule, Schema, is_num, one_of
 
 DEFAULT_GRID = np.linspace(0.0, 1.0, 101)
 #: threshold grids for :func:`choose_grid`: finer grids fit validation data more closely (and overfit)
@@ -246,7 +250,7 @@ def choose_grid(
 
 
 @register_combiner("cascade")
-class CascadeCombiner:
+class CascadeCombiner(FederatedForm):
     """Cheapest expert first; escalate while its top probability is under ``threshold``.
 
     Experts are called in order of cost (cheapest first, ties by index); a query
@@ -288,6 +292,14 @@ class CascadeCombiner:
     """
 
     kind = "cascade"
+    label = "cascade"
+    protocol = "histogram_release"
+    config_schema = Schema([
+        one_of("combiner.costs", ("macs", "uniform"), show=lambda o: "'macs' or 'uniform'"),
+        one_of("combiner.grid", GRIDS),
+        Rule("combiner.target_margin", lambda v, cfg: is_num(v) and -1 < v < 1, "a number in (-1, 1)"),
+        Rule("combiner.min_count", lambda v, cfg: is_num(v) and v > 0, "a number > 0"),
+    ])
 
     def __init__(
         self, costs: Sequence[float] | None = None, threshold: float | Sequence[float] = 1.0,
@@ -477,3 +489,43 @@ class CascadeCombiner:
         t = a["threshold"]
         pooled = bool(a["pooled"]) if "pooled" in a else False  # files before pooling existed
         return cls(a["costs"] if a["costs"].size else None, float(t) if t.ndim == 0 else t, pooled)
+
+    # --- its federated form (fedens.combiners.federated) ------------------------------------
+
+    @classmethod
+    def initial(cls, c: Mapping[str, Any], public: Any, experts: list, seed: int) -> CascadeCombiner:
+        """Uncalibrated, with each expert's cost: its multiply-accumulates per query, or 1."""
+        from fedens.experts import count_macs
+
+        return cls([float(count_macs(e)) if c["costs"] == "macs" else 1.0 for e in experts])
+
+    def scores(self, P: np.ndarray, X: np.ndarray | None, y: np.ndarray, top_k: int | None = None
+               ) -> dict[str, float]:
+        accuracy, nll = accuracy_and_nll(self.combine(P), y)
+        return {"accuracy": accuracy, "nll": nll, "expert_calls_per_query": self.expert_calls_per_query(P),
+                "cost_per_query": self.cost_per_query(P)}
+
+    def central_reference(self, c: Mapping[str, Any], private: Any, P_private: np.ndarray,
+                          test: Any, P_test: np.ndarray, seed: int) -> dict[str, float]:
+        """The same selective-accuracy rule on the exact histograms of all private records."""
+        import copy
+
+        model = copy.deepcopy(self).calibrate_selective(
+            P_private, private.y, GRIDS[c["grid"]], margin=float(c["target_margin"]),
+            min_count=float(c["min_count"]))
+        s = model.scores(P_test, None, test.y)
+        return {"central_nonprivate_accuracy": s["accuracy"], "central_nonprivate_nll": s["nll"],
+                "central_nonprivate_expert_calls_per_query": s["expert_calls_per_query"]}
+
+    def results(self, final: Mapping[str, Any], num_experts: int, c: Mapping[str, Any]
+                ) -> dict[str, dict[str, Any]]:
+        out = super().results(final, num_experts, c)
+        out["cost"]["cost_per_query"] = final["cost_per_query"]
+        out["cost"]["cost_unit"] = "multiply-accumulates" if c["costs"] == "macs" else "calls"
+        return out
+
+    @classmethod
+    def progress_line(cls, row: Mapping[str, Any], c: Mapping[str, Any]) -> str:
+        return (f"cascade  thresholds from {row['sites_reporting']} sites' noisy histograms: "
+                f"accuracy {row['accuracy']:.3f}, {row['expert_calls_per_query']:.2f} expert "
+                f"calls / query, ε_max {row['epsilon_max']:.2f}")

@@ -30,12 +30,19 @@ renormalised top-k mixture, so training sees the sparse gate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from fedens.combiners.base import check_expert_outputs, register_combiner
+from fedens.combiners.base import accuracy_and_nll, check_expert_outputs, register_combiner
+from fedens.combiners.federated import TRAINED_SCHEMA, FederatedForm, Row
 from fedens.combiners.trainable import TrainableCombiner, ones_column
+from fedens.combiners.training import combiner_dataset, run_epochs
+from fedens.config_schema import Rule, integer, is_int, one_of
 
 _LOG_FLOOR = 1e-6  # experts such as trees give exact zeros
 OBJECTIVES = ("nll", "score_ce")
@@ -64,8 +71,12 @@ def top_k_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits + torch.full_like(logits, float("-inf")).scatter(1, keep, 0.0)
 
 
+def _top_k_in_range(v: Any, cfg: Any) -> bool:
+    return v is None or (is_int(v) and 1 <= v <= cfg.experts.num_experts)
+
+
 @register_combiner("gated_ensemble")
-class GatedEnsemble(TrainableCombiner):
+class GatedEnsemble(FederatedForm, TrainableCombiner):
     """Router and global weights over ``num_experts`` experts.
 
     Parameters
@@ -88,6 +99,16 @@ class GatedEnsemble(TrainableCombiner):
     """
 
     kind = "gated_ensemble"
+    label = "router"
+    personalizable = True
+    config_schema = TRAINED_SCHEMA + [
+        integer("combiner.top_k", 1, "experts.num_experts"),
+        one_of("combiner.weights_objective", ("nll", "score_ce"), show=lambda o: "'nll' or 'score_ce'"),
+        Rule("combiner.train_top_k", _top_k_in_range,
+             lambda cfg: f"null or an integer in [1, experts.num_experts={cfg.experts.num_experts}]"),
+        integer("combiner.pretrain_epochs", 0, note="0: off"),
+        integer("combiner.router_input_dim", 0, note="0: the raw inputs"),
+    ]
 
     def __init__(
         self,
@@ -217,3 +238,107 @@ class GatedEnsemble(TrainableCombiner):
     @staticmethod
     def expert_calls_per_query(num_experts: int, top_k: int | None = None) -> float:
         return float(num_experts if top_k is None else top_k)
+
+    # --- its federated form (fedens.combiners.federated) ------------------------------------
+
+    @classmethod
+    def initial(cls, c: Mapping[str, Any], public: Any, experts: list, seed: int) -> GatedEnsemble:
+        """Both heads at the uniform mean, the router on the public split's principal components,
+        then (``pretrain_epochs``) its router head pretrained on the public split: no privacy spent."""
+        from fedens.experts import expert_outputs
+
+        model = cls.with_public_projection(public.X, len(experts), int(c["router_input_dim"]), seed,
+                                           weights_objective=c["weights_objective"],
+                                           train_top_k=c["train_top_k"])
+        if int(c["pretrain_epochs"]) > 0:
+            pretrain_router(model, public.X, expert_outputs(experts, public.X), public.y,
+                            int(c["pretrain_epochs"]), float(c["lr"]), int(c["batch_size"]), seed)
+        return model
+
+    def scores(self, P: np.ndarray, X: np.ndarray, y: np.ndarray, top_k: int | None = None
+               ) -> dict[str, float]:
+        """Accuracy and NLL of the router (dense and top-k) and of the global weights."""
+        router_acc, router_nll = accuracy_and_nll(self.combine(P, X, "router"), y)
+        topk_acc, _ = accuracy_and_nll(self.combine(P, X, "router", top_k=top_k or 1), y)
+        weights_acc, weights_nll = accuracy_and_nll(self.combine(P, X, "weights"), y)
+        return {"router_accuracy": router_acc, "router_nll": router_nll, "router_topk_accuracy": topk_acc,
+                "weights_accuracy": weights_acc, "weights_nll": weights_nll}
+
+    def central_reference(self, c: Mapping[str, Any], private: Any, P_private: np.ndarray,
+                          test: Any, P_test: np.ndarray, seed: int) -> dict[str, float]:
+        s = self.central_scores(c, private, P_private, test, P_test, seed)
+        return {"central_nonprivate_accuracy": s["router_accuracy"],
+                "central_nonprivate_nll": s["router_nll"],
+                "central_nonprivate_router_accuracy": s["router_accuracy"],
+                "central_nonprivate_router_topk_accuracy": s["router_topk_accuracy"],
+                "central_nonprivate_weights_accuracy": s["weights_accuracy"]}
+
+    def results(self, final: Mapping[str, Any], num_experts: int, c: Mapping[str, Any]
+                ) -> dict[str, dict[str, Any]]:
+        """The dense router's scores as the headline, the other heads beside them."""
+        return {
+            "metrics": {"test_accuracy": final["router_accuracy"], "test_nll": final["router_nll"],
+                        "router_topk_accuracy": final["router_topk_accuracy"],
+                        "weights_accuracy": final["weights_accuracy"], "weights_nll": final["weights_nll"]},
+            "cost": {"num_experts": num_experts,
+                     "expert_calls_per_query": self.expert_calls_per_query(num_experts),
+                     "expert_calls_per_query_topk": self.expert_calls_per_query(num_experts,
+                                                                                 int(c["top_k"]))},
+        }
+
+    @classmethod
+    def report_rows(cls, results: Mapping[str, Any], c: Mapping[str, Any]) -> list[Row]:
+        m, b, K, k = results["metrics"], results["baselines"], results["cost"]["num_experts"], int(c["top_k"])
+        return [("learned weights (federated, DP)", m["weights_accuracy"], K),
+                ("router dense (federated, DP)", m["test_accuracy"], K),
+                (f"router top-{k} (federated, DP)", m["router_topk_accuracy"], k),
+                ("router dense (central, non-private)", b["central_nonprivate_router_accuracy"], K)]
+
+    @classmethod
+    def plot_series(cls, c: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        return [("router_accuracy", "router (dense), DP", "o-"),
+                ("router_topk_accuracy", f"router top-{int(c['top_k'])}, DP", "s--"),
+                ("weights_accuracy", "learned weights, DP", "^-")]
+
+    @classmethod
+    def progress_line(cls, row: Mapping[str, Any], c: Mapping[str, Any]) -> str:
+        if row["round"] == 0:
+            start = "public pretraining only" if int(c["pretrain_epochs"]) > 0 else "uniform"
+            return (f"round  0/{row['num_rounds']}  {cls.kind} {row['router_accuracy']:.3f} "
+                    f"(initial: {start}, no private record)")
+        return (f"round {row['round']:2d}/{row['num_rounds']}  router {row['router_accuracy']:.3f}  "
+                f"top-{int(c['top_k'])} {row['router_topk_accuracy']:.3f}  "
+                f"weights {row['weights_accuracy']:.3f}  sites {row['sites_reporting']}  "
+                f"ε_max {row['epsilon_max']:.2f}  [{row['elapsed_s']:.0f} s]")
+
+
+def pretrain_router(
+    module: GatedEnsemble,
+    X_public: np.ndarray,
+    P_public: np.ndarray,
+    y_public: np.ndarray,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> GatedEnsemble:
+    """Train only the router head on *public* data, before private (DP) fine-tuning.
+
+    The global-weights head stays as it was (zero: uniform). Public data costs no
+    privacy, and a router that already ranks the experts survives DP-SGD's noise:
+    in the quickstart this is what keeps top-k routing near the dense router.
+    Expert outputs on the public split are in-sample for experts trained on it
+    (optimistic for k-NN and trees); the private fine-tuning corrects for that.
+    """
+    frozen = [p for p in module.weights.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        torch.manual_seed(seed)
+        dataset = combiner_dataset(X_public, P_public, y_public)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+        run_epochs(module, torch.optim.Adam(module.router.parameters(), lr=lr), loader, epochs)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return module

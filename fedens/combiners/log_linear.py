@@ -8,7 +8,9 @@ module through :func:`fedens.combiners.training.train_combiner` full-batch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,10 @@ from fedens.combiners.base import (
     register_combiner,
     save_arrays,
 )
+from fedens.combiners.federated import TRAINED_SCHEMA, FederatedForm
 from fedens.combiners.trainable import TrainableCombiner, ones_column
+from fedens.combiners.training import train_combiner
+from fedens.config_schema import Rule, is_num
 
 
 def check_log_floor(log_floor: float) -> float:
@@ -66,8 +71,6 @@ def full_batch_fit(module: TrainableCombiner, P: np.ndarray, y: np.ndarray, epoc
                    seed: int) -> None:
     """The pools' central fit: ``epochs`` full-batch Adam steps on ``module.loss`` (the loss a
     site minimises with DP-SGD), through the shared training loop."""
-    from fedens.combiners.training import train_combiner  # training imports the router module
-
     check_fit_args(epochs, lr)
     X = np.zeros((len(y), 0), dtype=np.float32)  # pools do not look at the input
     train_combiner(module, X, P, y, epochs, lr, batch_size=max(len(y), 1), seed=seed)
@@ -78,10 +81,19 @@ def check_module_args(num_experts: int, log_floor: float) -> float:
     return check_log_floor(log_floor)
 
 
-class FlooredPoolModule(TrainableCombiner):
+class FlooredPoolModule(FederatedForm, TrainableCombiner):
     """Shared by the torch forms of the floored pools (log-linear, stacking): a
     ``log_floor`` buffer, per-expert weight logits in ``weights`` (``nn.Linear(1, K)``
-    fed a column of ones), every expert called, and rebuilding from a state dict."""
+    fed a column of ones), every expert called, rebuilding from a state dict, and their
+    federated form (trained by DP-SGD rounds from uniform weights)."""
+
+    config_schema = TRAINED_SCHEMA + [
+        Rule("combiner.log_floor", lambda v, cfg: is_num(v) and 0 < v < 1, "a number in (0, 1)")]
+
+    @classmethod
+    def initial(cls, c: Mapping[str, Any], public: Any, experts: list, seed: int) -> FlooredPoolModule:
+        """Uniform weights over the experts (nothing learned from public data)."""
+        return cls(len(experts), float(c["log_floor"]))
 
     def __init__(self, num_experts: int, log_floor: float = 1e-6) -> None:
         super().__init__()
@@ -164,6 +176,8 @@ class LogLinearPool:
     >>> LogLinearPool().combine(np.array([[[0.5, 0.5], [1.0, 0.0]]])).round(3)
     array([[0.999, 0.001]])
     """
+
+    federated_form = LogLinearModule  # what a site trains with DP-SGD
 
     def __init__(self, weight_logits: np.ndarray | None = None, log_floor: float = 1e-6) -> None:
         self.log_floor = check_log_floor(log_floor)

@@ -99,6 +99,8 @@ class StackingCombiner:
     ((2, 2), (2,))
     """
 
+    federated_form = StackingModule  # what a site trains with DP-SGD
+
     def __init__(
         self,
         weight_logits: np.ndarray | None = None,

@@ -12,35 +12,40 @@ from typing import Any
 
 import torch
 
-from fedens.combiners.cascade import CascadeCombiner
+from fedens.combiners.base import COMBINERS
+from fedens.combiners.federated import FederatedForm
 from fedens.combiners.gated import GatedEnsemble
-from fedens.combiners.log_linear import LogLinearModule
-from fedens.combiners.stacking import StackingModule
 from fedens.combiners.trainable import KIND_KEY, combiner_state, decode_kind
 
-#: kind -> the class whose ``from_state_dict`` rebuilds it (torch forms of the learned pools)
-FEDERATED_KINDS: dict[str, Any] = {
-    GatedEnsemble.kind: GatedEnsemble,
-    LogLinearModule.kind: LogLinearModule,
-    StackingModule.kind: StackingModule,
-    CascadeCombiner.kind: CascadeCombiner,
-}
+__all__ = ["federated_form", "federated_forms", "combiner_from_state", "combiner_state", "load_combiner",
+           "kind_of"]
 
-__all__ = ["FEDERATED_KINDS", "combiner_from_state", "combiner_state", "load_combiner", "kind_of"]
+
+def federated_form(name: str) -> type[FederatedForm] | None:
+    """The class a federation learns for the combiner registered as ``name`` (the class itself,
+    or the torch form of a numpy combiner); None for a fixed combiner (mean, vote)."""
+    cls = COMBINERS[name]
+    return cls if issubclass(cls, FederatedForm) else getattr(cls, "federated_form", None)
+
+
+def federated_forms() -> dict[str, type[FederatedForm]]:
+    """Every federated form by its kind (the tag in a combiner file)."""
+    forms = (federated_form(name) for name in COMBINERS)
+    return {form.kind: form for form in forms if form is not None}
 
 
 def kind_of(state: dict[str, Any]) -> str:
     """The kind tag of a combiner state (untagged: ``gated_ensemble``)."""
     kind = decode_kind(state.get(KIND_KEY, GatedEnsemble.kind))
-    if kind not in FEDERATED_KINDS:
-        raise ValueError(f"combiner state has kind {kind!r}; expected one of {sorted(FEDERATED_KINDS)}")
+    if kind not in federated_forms():
+        raise ValueError(f"combiner state has kind {kind!r}; expected one of {sorted(federated_forms())}")
     return kind
 
 
 def combiner_from_state(state: dict[str, Any]) -> Any:
     """Rebuild the combiner a (tagged) state dict describes."""
     kind = kind_of(state)
-    return FEDERATED_KINDS[kind].from_state_dict({k: v for k, v in state.items() if k != KIND_KEY})
+    return federated_forms()[kind].from_state_dict({k: v for k, v in state.items() if k != KIND_KEY})
 
 
 def load_combiner(path: str | Path) -> Any:

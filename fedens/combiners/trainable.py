@@ -19,6 +19,8 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import nn
 
+from fedens.files import torch_bytes, write_atomic
+
 KIND_KEY = "kind"
 Self = TypeVar("Self", bound="TrainableCombiner")
 
@@ -51,7 +53,7 @@ class TrainableCombiner(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write the full state (parameters and buffers) to ``path`` (torch format)."""
-        torch.save(self.state_dict(), path)
+        write_atomic(path, torch_bytes(self.state_dict()))
 
     @classmethod
     def load(cls: type[Self], path: str | Path) -> Self:

@@ -13,8 +13,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedens.combiners.gated import GatedEnsemble
-
 M = TypeVar("M", bound=torch.nn.Module)
 
 
@@ -79,35 +77,3 @@ def train_combiner(
 
 
 train_gated_ensemble = train_combiner  # the name it had when the router was the only learned combiner
-
-
-def pretrain_router(
-    module: GatedEnsemble,
-    X_public: np.ndarray,
-    P_public: np.ndarray,
-    y_public: np.ndarray,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-) -> GatedEnsemble:
-    """Train only the router head on *public* data, before private (DP) fine-tuning.
-
-    The global-weights head stays as it was (zero: uniform). Public data costs no
-    privacy, and a router that already ranks the experts survives DP-SGD's noise:
-    in the quickstart this is what keeps top-k routing near the dense router.
-    Expert outputs on the public split are in-sample for experts trained on it
-    (optimistic for k-NN and trees); the private fine-tuning corrects for that.
-    """
-    frozen = [p for p in module.weights.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        torch.manual_seed(seed)
-        dataset = combiner_dataset(X_public, P_public, y_public)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
-        run_epochs(module, torch.optim.Adam(module.router.parameters(), lr=lr), loader, epochs)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    return module

@@ -12,6 +12,7 @@ import numpy as np
 
 from fedens.experts.registry import register_expert
 from fedens.experts.validation import check_cost, check_num_classes, check_probabilities
+from fedens.files import write_atomic
 
 
 @runtime_checkable
@@ -90,9 +91,7 @@ def expert_outputs(experts: Sequence[Expert], X: Any) -> np.ndarray:
 
 def save_experts(experts: Sequence[Expert], path: Path) -> None:
     """Pickle a network of experts (written by this framework, read by its sites)."""
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(list(experts)))
-    tmp.replace(path)
+    write_atomic(path, pickle.dumps(list(experts)))
 
 
 def load_experts(path: Path) -> list[Expert]:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedens.files import torch_bytes, write_atomic
+
 
 @dataclass(frozen=True)
 class TeacherConfig:
@@ -136,10 +138,8 @@ class TeacherCNNs(nn.Module):
         return counts
 
     def save(self, path: Path) -> None:
-        tmp = Path(path).with_suffix(".tmp")
-        torch.save({"num_teachers": self.num_teachers, "config": asdict(self.config),
-                    "num_classes": self.num_classes, "state": self.state_dict()}, tmp)
-        tmp.replace(path)
+        write_atomic(path, torch_bytes({"num_teachers": self.num_teachers, "config": asdict(self.config),
+                                        "num_classes": self.num_classes, "state": self.state_dict()}))
 
     @classmethod
     def load(cls, path: Path) -> TeacherCNNs:

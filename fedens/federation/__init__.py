@@ -1,7 +1,9 @@
-"""Flower apps (Message API) and how to run them: simulation now, deployment later."""
+"""Flower apps (Message API) by protocol, and the engines that run them.
 
-from fedens.federation.client_app import make_client_app
-from fedens.federation.server_app import make_server_app
-from fedens.federation.simulation import run_in_simulation
-
-__all__ = ["make_client_app", "make_server_app", "run_in_simulation"]
+``ensemble/``: the sites learn a combiner (DP-SGD rounds under a Flower strategy, or one
+noisy-histogram release), then personalise it. ``votes/``: PATE-style private labelling (query,
+vote histograms, noisy release, charge). Shared by both: ``site.py`` (the site side of every
+message: preamble and ledger guard), ``grid.py`` (sites by number, failures recorded),
+``shipping.py`` (the public files, shipped and checked by sha256), ``layout.py`` (run settings,
+paths, error codes), ``simulation.py`` and ``deployment.py`` (Flower's two engines).
+"""

@@ -12,7 +12,6 @@ A pickle: load checkpoints only from run directories you wrote yourself.
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedens.federation import layout as L
 from fedens.federation.strategies import restore_strategy_state, strategy_state
+from fedens.files import write_atomic
 
 FORMAT = 1
 
@@ -47,12 +47,7 @@ def save_checkpoint(run_dir: str | Path, server_round: int, arrays: ArrayRecord,
     path = checkpoint_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = Checkpoint(server_round, arrays.to_torch_state_dict(), strategy_state(strategy), report)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump({"format": FORMAT, "checkpoint": state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_atomic(path, pickle.dumps({"format": FORMAT, "checkpoint": state}))
     return path
 
 

@@ -25,6 +25,7 @@ import tomli
 import tomli_w
 
 from fedens.federation import layout as L
+from fedens.files import write_atomic
 
 APP_DIR = Path(__file__).resolve().parents[2]  # this repository: pyproject.toml declares the apps
 RUN_CONFIG_FILE = "run_config.toml"
@@ -89,7 +90,7 @@ def write_run_config(settings: Mapping[str, Any], app_dir: Path) -> Path:
                               f"{app_dir / 'pyproject.toml'} [tool.flwr.app.config]")
     path = L.federation_dir(settings[L.RUN_DIR]) / RUN_CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(dict(settings)))
+    write_atomic(path, tomli_w.dumps(dict(settings)))
     return path
 
 

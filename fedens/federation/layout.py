@@ -7,12 +7,12 @@ in simulation the same keys come from the dict given to the app factories.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedens.files import write_atomic
 from fedens.privacy import PrivacyLedger
 
 # Keys of the run settings (Flower's run_config style: hyphenated).
@@ -168,7 +168,7 @@ def opted_out_reason(site: int) -> str:
 
 def injected_fault(settings: Mapping[str, Any], site: int, server_round: int) -> str | None:
     """The failure drill planned for ``site`` in ``server_round`` ("raise" or "hang"), if any."""
-    planned = {(s, r): kind for s, r, kind in parse_faults(settings.get(INJECT_FAULTS, ""))}
+    planned = {(s, r): kind for s, r, kind in parse_faults(settings[INJECT_FAULTS])}
     return planned.get((site, server_round))
 
 
@@ -182,14 +182,6 @@ def parse_faults(text: str) -> list[tuple[int, int, str]]:
             raise ValueError(f"fault {entry!r}: expected site:round:raise|hang, e.g. 2:3:hang")
         faults.append((int(parts[0]), int(parts[1]), parts[2]))
     return faults
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write ``content`` to ``path`` through a temporary file of its own: readers never
-    see half of it, and concurrent writers of the same path never share a temporary."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(content.encode() if isinstance(content, str) else content)
-    tmp.replace(path)
 
 
 def merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,11 +5,10 @@ Only public artefacts travel: the experts and the initial combiner's input map a
 public split (``experiment._prepare``). The protocol, on top of the roll call:
 
 1. the coordinator announces ``{key: sha256}`` in the roll call; each site answers which files
-   it lacks (not cached, or a cached copy whose bytes no longer match its name). Files of at
-   most ``INLINE_BYTES`` in all travel with the roll call itself (the quickstart's: 254 KB),
-   which saves every site a message, hence a ClientApp process start, per run. The run
-   setting ``ship-inline-bytes`` (``federation.ship_inline_bytes``; 0: always ship) sets
-   another limit;
+   it lacks (not cached, or a cached copy whose bytes no longer match its name). Files up to
+   the run setting ``ship-inline-bytes`` (``federation.ship_inline_bytes``; 0: always ship) in
+   all travel with the roll call itself (the quickstart's: 254 KB), which saves every site a
+   message, hence a ClientApp process start, per run;
 2. larger files go only to the sites that lack them, as ``uint8`` arrays of an ``ArrayRecord``
    (message type ``query.ship``). Flower (>= 1.20) splits array buffers into 5 MiB chunks itself
    (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``), so a file of any size fits one message. A site
@@ -36,11 +35,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.logger import log
 
 from fedens.federation import layout as L
+from fedens.files import write_atomic
 
 SHARED = (L.EXPERTS_PATH, L.INITIAL_COMBINER_PATH)  # the run settings that name shared files
 SHIP = "query.ship"  # message type of a shipment
 PAYLOAD = "shared-files"  # its ArrayRecord: {key: the file's bytes as uint8}
-INLINE_BYTES = 4 << 20  # shared files up to this size in all travel with the roll call (default)
 _PREFIX = "sha256:"  # announcement entries in a message's "config": "sha256:<key>" -> digest
 
 
@@ -66,12 +65,12 @@ class Shipment:
 
     files: Mapping[str, Path]
     digests: Mapping[str, str]
-    inline_bytes: int = INLINE_BYTES
+    inline_bytes: int  # the files travel with the roll call if they add up to at most this
 
     @classmethod
     def of(cls, settings: Mapping[str, Any]) -> Shipment:
         files = {key: Path(str(settings[key])) for key in SHARED}
-        inline_bytes = int(settings.get(L.SHIP_INLINE_BYTES, INLINE_BYTES))
+        inline_bytes = int(settings[L.SHIP_INLINE_BYTES])
         return cls(files, {key: sha256_file(path) for key, path in files.items()}, inline_bytes)
 
     def announcement(self) -> dict[str, str]:
@@ -161,7 +160,7 @@ def store(settings: Mapping[str, Any], node_config: Mapping[str, Any], digests: 
                              f"{digests.get(key, '(not announced)')[:16]}...")
         path = cached_path(ledger_path, digests[key])
         path.parent.mkdir(parents=True, exist_ok=True)
-        L.write_atomic(path, data)
+        write_atomic(path, data)
         stored.append(key)
     return stored
 

@@ -25,7 +25,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from fedens.data.schema import DataSchemaError, TaskSchema
 from fedens.federation import layout as L
 from fedens.federation import shipping
-from fedens.federation.site_cache import cached_expert_outputs
+from fedens.federation.outputs_cache import cached_expert_outputs
 from fedens.privacy import BudgetExceeded, PrivacyLedger
 
 Records = tuple[np.ndarray, np.ndarray]
@@ -95,7 +95,7 @@ class SiteRequest:
     def records(self) -> tuple[Records, Records]:
         """``((X, y) to train on, (X, y) held back)``, checked against the task's schema."""
         X, y = self.all_records()
-        train, held = split_holdout(len(y), float(self.settings.get(L.HOLDOUT, 0.0)),
+        train, held = split_holdout(len(y), float(self.settings[L.HOLDOUT]),
                                     int(self.settings[L.SEED]), self.site)
         return (X[train], y[train]), (X[held], y[held])
 

@@ -171,6 +171,11 @@ class Mechanism(ABC):
     def params(self) -> dict[str, Any]:
         """Constructor parameters, JSON-serialisable (for ledgers and releases)."""
 
+    def pate_analysis_params(self) -> dict[str, float] | None:
+        """Keyword arguments of :func:`fedens.privacy.analyze_pate` (the data-dependent
+        analysis of Papernot et al. 2018) for this mechanism, or None where it has none."""
+        return None
+
     def events(self, release: Release) -> list[dp_accounting.DpEvent]:
         """Exactly what ``release`` spent (every query answered unless overridden)."""
         return self.worst_case_events(self._own(release).labels.shape[0])

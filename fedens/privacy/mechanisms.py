@@ -184,6 +184,9 @@ class ConfidentGNMax(Mechanism):
     def params(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "sigma1": self.sigma1, "sigma2": self.sigma2}
 
+    def pate_analysis_params(self) -> dict[str, float]:
+        return {"sigma": self.sigma2, "threshold": self.threshold, "sigma_threshold": self.sigma1}
+
     def release(self, inputs: np.ndarray, rng: np.random.Generator) -> Release:
         votes = check_votes(inputs)
         rng = check_rng(rng)

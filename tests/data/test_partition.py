@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from fedens.data import dirichlet_partition, load_task
+from fedens.data import load_task
+from fedens.data.partition import PARTITIONS, dirichlet_partition
 
 
 def test_every_private_record_in_exactly_one_site():
@@ -35,9 +36,28 @@ def test_splits_are_disjoint_and_cover_the_dataset():
 )
 def test_bad_partition_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        dirichlet_partition(np.zeros(100, dtype=int), seed=0, **kwargs)
+        PARTITIONS.split("dirichlet", np.zeros(100, dtype=int), seed=0, **kwargs)
+
+
+def test_iid_sites_are_equal_shuffled_shares():
+    sites = PARTITIONS.split("iid", np.zeros(103, dtype=int), 10, seed=3)
+    assert sorted(len(s) for s in sites) == [10] * 7 + [11] * 3
+    assert sorted(np.concatenate(sites).tolist()) == list(range(103))
+    assert not np.array_equal(np.concatenate(sites), np.arange(103))  # shuffled
+    again = PARTITIONS.split("iid", np.zeros(103, dtype=int), 10, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(sites, again, strict=True))
+    with pytest.raises(ValueError, match="unknown partition 'shards'"):
+        PARTITIONS.split("shards", np.zeros(10), 2, seed=0)
 
 
 def test_unknown_dataset_is_named():
     with pytest.raises(ValueError, match="nope"):
         load_task("nope", 0.3, 0.25, seed=0)
+
+
+def test_every_partition_is_described_with_its_parameters():
+    from omegaconf import OmegaConf
+
+    assert PARTITIONS.describe(OmegaConf.create({"name": "iid"})) == "iid"
+    assert PARTITIONS.describe(OmegaConf.create({"name": "dirichlet", "alpha": 0.25,
+                                                 "min_partition_size": 5})) == "dirichlet(0.25)"

@@ -17,7 +17,7 @@ def simulated_shrunk_quickstart(tmp_path_factory):
     both the loopback and the across-hosts deployment are compared with."""
     from test_deployment import SHRINK
 
-    from fedens.cli import _compose
-    from fedens.experiment import run
+    from fedens import run
+    from fedens.runs import compose as _compose
 
     return run(_compose(list(SHRINK)), run_dir=tmp_path_factory.mktemp("simulated"))

@@ -11,7 +11,7 @@ from fedens.combiners import GatedEnsemble
 from fedens.data import load_task
 from fedens.experts import save_experts, train_expert_network
 from fedens.federation import layout as L
-from fedens.federation.client_app import train_site
+from fedens.federation.ensemble.client import train_site
 from fedens.privacy import PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event, epsilon_from_events
 from fedens.privacy.dpsgd import sample_rate_for
 
@@ -35,7 +35,8 @@ def settings(run_dir, rounds=3, target=4.0, budget=4.0):
             L.NUM_ROUNDS: rounds, L.LOCAL_EPOCHS: 1, L.BATCH_SIZE: 16, L.LEARNING_RATE: 0.05,
             L.TARGET_EPSILON: target, L.BUDGET_EPSILON: budget, L.DELTA: 1e-5,
             L.MAX_GRAD_NORM: 1.0, L.SEED: 0,
-            L.TASK_SCHEMA: json.dumps({"num_features": 64, "num_classes": 10})}
+            L.TASK_SCHEMA: json.dumps({"num_features": 64, "num_classes": 10}), L.INJECT_FAULTS: "",
+            L.HOLDOUT: 0.0}
 
 
 def initial_trainable(run_dir):
@@ -174,7 +175,7 @@ def test_anything_that_changes_the_update_changes_its_release_key(site_files, ch
 def test_the_same_inputs_giving_another_output_are_charged_as_a_new_release(site_files, monkeypatch):
     """Whatever makes an output differ under the same key (another BLAS kernel, say), the site
     compares it with the output it recorded and charges it as the new release it is."""
-    from fedens.federation import client_app
+    from fedens.federation.ensemble import client as client_app
 
     state, s = initial_trainable(site_files), settings(site_files, budget=8)
     first = train_site(train_message(state, 1), new_run_context(), s)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SITES = 3
+SITES = 2
 # Each message to a SuperNode starts a ClientApp process (~12 s for 3 sites on 2 cores), so the
 # personalisation step is off here; scripts/pilot runs it in deployment.
 SHRINK = (f"federation.num_sites={SITES}", "federation.num_rounds=2", "combiner.central_epochs=5",
@@ -148,9 +148,9 @@ def pilot(tmp_path_factory):
 
 def test_every_run_setting_is_declared_for_flwr_run(compose, tmp_path):
     """``flwr run`` only accepts run-config keys the app declares in pyproject.toml."""
-    from fedens.experiment import federation_settings
     from fedens.federation import layout as L
     from fedens.federation.deployment import APP_DIR, app_config_keys
+    from fedens.pipelines.ensemble import federation_settings
 
     L.task_schema_path(tmp_path).parent.mkdir(parents=True)
     L.task_schema_path(tmp_path).write_text('{"num_features": 64, "num_classes": 10}')

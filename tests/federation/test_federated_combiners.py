@@ -14,14 +14,16 @@ import torch
 from in_process_grid import InProcessGrid
 from scipy.stats import norm
 
+from fedens import validate
 from fedens.combiners import CascadeCombiner, confidence_histograms, load_combiner
-from fedens.experiment import ConfigError, _prepare, federation_settings, validate
 from fedens.experts import expert_outputs, load_experts
-from fedens.federation import cascade_release as CR
 from fedens.federation import layout as L
-from fedens.federation.client_app import make_client_app
-from fedens.federation.server_app import coordinate
+from fedens.federation.ensemble import histograms as CR
+from fedens.federation.ensemble.client import make_client_app
+from fedens.federation.ensemble.server import coordinate
+from fedens.pipelines.ensemble import federation_settings, prepare
 from fedens.privacy import PrivacyLedger, epsilon_from_events
+from fedens.runs import ConfigError
 
 NUM_SITES = 3
 SMALL = [f"federation.num_sites={NUM_SITES}", "federation.num_rounds=2", "experts.num_experts=4",
@@ -29,7 +31,7 @@ SMALL = [f"federation.num_sites={NUM_SITES}", "federation.num_rounds=2", "expert
 
 
 def compose(*overrides):
-    from fedens.cli import _compose
+    from fedens.runs import compose as _compose
 
     return _compose([*SMALL, *overrides])
 
@@ -44,7 +46,7 @@ def prepared(tmp_path_factory):
             cfg = compose(f"combiner={name}")
             validate(cfg)
             source = tmp_path_factory.mktemp(name)
-            _prepare(cfg, source)
+            prepare(cfg, source)
             made[name] = (cfg, source)
         return made[name]
 
@@ -207,5 +209,6 @@ def test_bad_combiner_config_values_name_key_and_expectation():
         validate(compose("combiner=cascade", "combiner.grid=medium"))
     with pytest.raises(ConfigError, match=r"invalid combiner.log_floor=0: expected a number in \(0, 1\)"):
         validate(compose("combiner=stacking", "combiner.log_floor=0"))
-    with pytest.raises(ConfigError, match=r"invalid combiner.name='boost': expected one of \['gated_"):
+    with pytest.raises(ConfigError, match=r"combiner=boost is not an option of any pipeline; the ensemble "
+                       r"pipeline \(experiment=quickstart\) takes combiner=cascade\|gated_ensemble"):
         validate(compose("combiner=log_linear", "combiner.name=boost"))

@@ -6,8 +6,9 @@ import numpy as np
 from in_process_grid import InProcessGrid
 
 from fedens.federation import layout as L
-from fedens.federation.pate_apps import coordinate_pate, make_pate_client_app
-from fedens.pate import _prepare, _settings
+from fedens.federation.votes.coordinator import coordinate_pate
+from fedens.federation.votes.sites import make_pate_client_app
+from fedens.pipelines.pate import federation_settings, prepare
 
 SHRUNK = ["experiment=pate_mnist", "federation.num_sites=2", "experts.num_teachers=6",
           "experts.steps=5", "privacy.num_queries=12", "privacy.query_batch=6",
@@ -27,8 +28,8 @@ class LateTrainingGrid(InProcessGrid):
 
 def test_teachers_are_counted_from_the_votes_not_from_the_training_replies(compose, tmp_path):
     cfg = compose(*SHRUNK, f"experts.cache_dir={tmp_path / 'teachers'}")
-    data = _prepare(cfg, tmp_path)
-    settings = _settings(cfg, tmp_path, data["teachers"])
+    data = prepare(cfg, tmp_path)
+    settings = federation_settings(cfg, tmp_path, data["teachers"])
     lines: list[str] = []
     coordinate_pate(LateTrainingGrid(make_pate_client_app(settings), 2), settings, lines.append)
     assert lines[0].startswith("teachers  3 at 1 sites") and "1 site(s) did not reply" in lines[0]

@@ -11,8 +11,9 @@ from flwr.app import Error, Message
 from in_process_grid import InProcessGrid
 
 from fedens.federation import layout as L
-from fedens.federation.pate_apps import coordinate_pate, make_pate_client_app
-from fedens.pate import _mechanism_params, _prepare, _settings
+from fedens.federation.votes.coordinator import coordinate_pate
+from fedens.federation.votes.sites import make_pate_client_app
+from fedens.pipelines.pate import _mechanism_params, federation_settings, prepare
 from fedens.privacy import PrivacyLedger, epsilon_from_events, make_mechanism
 
 SHRUNK = ["experiment=pate_mnist", "federation.num_sites=2", "experts.num_teachers=6",
@@ -51,8 +52,8 @@ class LedgerSpyGrid(InProcessGrid):
 
 def run_pate(compose, tmp_path, **grid_options):
     cfg = compose(*SHRUNK, f"experts.cache_dir={tmp_path / 'teachers'}")
-    data = _prepare(cfg, tmp_path)
-    settings = _settings(cfg, tmp_path, data["teachers"])
+    data = prepare(cfg, tmp_path)
+    settings = federation_settings(cfg, tmp_path, data["teachers"])
     grid = LedgerSpyGrid(make_pate_client_app(settings), 2, run_dir=tmp_path, **grid_options)
     coordinate_pate(grid, settings, None)
     mechanism = make_mechanism(cfg.privacy.mechanism, **_mechanism_params(cfg))

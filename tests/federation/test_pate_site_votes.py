@@ -7,8 +7,9 @@ from in_process_grid import InProcessGrid
 
 from fedens.experts.teachers import TeacherCNNs, label_prior_shift
 from fedens.federation import layout as L
-from fedens.federation.pate_apps import coordinate_pate, make_pate_client_app
-from fedens.pate import _prepare, _settings
+from fedens.federation.votes.coordinator import coordinate_pate
+from fedens.federation.votes.sites import make_pate_client_app
+from fedens.pipelines.pate import federation_settings, prepare
 
 SHRUNK = ["experiment=pate_mnist", "federation.num_sites=2", "experts.num_teachers=6",
           "experts.steps=5", "privacy.num_queries=12", "privacy.query_batch=12",
@@ -33,8 +34,8 @@ class VoteSpyGrid(InProcessGrid):
 @pytest.mark.parametrize("strength", [0.0, 1.0])
 def test_a_site_votes_with_its_shards_label_prior_shift(compose, tmp_path, strength):
     cfg = compose(*SHRUNK, f"experts.prior_correction={strength}")
-    data = _prepare(cfg, tmp_path)
-    settings = _settings(cfg, tmp_path, data["teachers"])
+    data = prepare(cfg, tmp_path)
+    settings = federation_settings(cfg, tmp_path, data["teachers"])
     grid = VoteSpyGrid(make_pate_client_app(settings), 2)
     coordinate_pate(grid, settings, None)
     with np.load(tmp_path / "coordinator" / "pool.npz") as pool:

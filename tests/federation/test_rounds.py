@@ -10,13 +10,13 @@ import pytest
 import torch
 from in_process_grid import CoordinatorCrash, InProcessGrid
 
-from fedens.experiment import _prepare, federation_settings
 from fedens.federation import layout as L
 from fedens.federation.checkpoint import checkpoint_path, load_checkpoint
-from fedens.federation.client_app import make_client_app
-from fedens.federation.rounds import short_reason
-from fedens.federation.server_app import _make_strategy, coordinate
+from fedens.federation.ensemble.client import make_client_app
+from fedens.federation.ensemble.server import coordinate, make_strategy_of
+from fedens.federation.grid import short_reason
 from fedens.federation.strategies import STRATEGIES, accepted_strategy_params, check_strategy, make_strategy
+from fedens.pipelines.ensemble import federation_settings, prepare
 from fedens.privacy import PrivacyLedger
 
 NUM_SITES = 3
@@ -25,13 +25,13 @@ NUM_SITES = 3
 @pytest.fixture(scope="module")
 def prepared_cfg(tmp_path_factory):
     """A small quickstart: 3 sites, 4 experts; files prepared once, copied per test."""
-    from fedens.cli import _compose
+    from fedens.runs import compose as _compose
 
     cfg = _compose([f"federation.num_sites={NUM_SITES}", "federation.num_rounds=3",
                     "experts.num_experts=4", "experts.families=[logreg,naive_bayes]",
                     "combiner.top_k=1", "combiner.local_epochs=1", "privacy.epsilon=4"])
     source = tmp_path_factory.mktemp("prepared")
-    _prepare(cfg, source)
+    prepare(cfg, source)
     return cfg, source
 
 
@@ -140,7 +140,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(prepared_cfg, run_dir,
     settings = {**federation_settings(cfg, crashed), L.HOLDOUT: 0.0, **options}
     with pytest.raises(CoordinatorCrash):
         coordinate(InProcessGrid(make_client_app(settings), NUM_SITES, crash_at_round), settings, None)
-    assert load_checkpoint(crashed, _make_strategy(settings, "none")).round == crash_at_round - 1
+    assert load_checkpoint(crashed, make_strategy_of(settings)).round == crash_at_round - 1
     resumed = federate(cfg, crashed, resume=True, **options)
 
     for key, tensor in final_state(run_dir).items():
@@ -158,7 +158,7 @@ def test_the_checkpoint_holds_the_strategy_state(prepared_cfg, run_dir):
     cfg, _ = prepared_cfg
     settings = {**federation_settings(cfg, run_dir), L.STRATEGY: "FedAdam", L.NUM_ROUNDS: 1}
     coordinate(InProcessGrid(make_client_app(settings), NUM_SITES), settings, None)
-    fresh = _make_strategy(settings, "none")
+    fresh = make_strategy_of(settings)
     assert not hasattr(fresh, "m_t") or fresh.m_t is None
     checkpoint = load_checkpoint(run_dir, fresh)
     assert checkpoint.round == 1 and checkpoint_path(run_dir).is_file()
@@ -168,7 +168,7 @@ def test_the_checkpoint_holds_the_strategy_state(prepared_cfg, run_dir):
 def test_each_site_personalises_and_keeps_its_comparison(prepared_cfg, run_dir):
     import numpy as np
 
-    from fedens.experiment import site_personalization
+    from fedens.pipelines.ensemble import site_personalization
     from fedens.privacy.dpsgd import sample_rate_for
 
     cfg, _ = prepared_cfg
@@ -209,11 +209,11 @@ def test_ledgers_that_outlive_runs_hold_every_release_of_every_run(prepared_cfg,
     from fedens.privacy.dpsgd import sample_rate_for
 
     cfg, _ = prepared_cfg
-    first = federate(cfg, run_dir, **{L.NUM_ROUNDS: 3, L.BUDGET_EPSILON: 20.0})
-    second = federate(cfg, run_dir, **{L.NUM_ROUNDS: 2, L.BUDGET_EPSILON: 20.0})
+    first = federate(cfg, run_dir, **{L.NUM_ROUNDS: 2, L.BUDGET_EPSILON: 20.0})
+    second = federate(cfg, run_dir, **{L.NUM_ROUNDS: 1, L.BUDGET_EPSILON: 20.0})
     for site in range(NUM_SITES):
         reported = [r[str(site)] for run in (first, second) for r in run["sites"].values()]
-        assert len(reported) == 5
+        assert len(reported) == 3
         with np.load(L.site_dir(run_dir, site) / "data.npz") as data:
             q = sample_rate_for(len(data["y"]), cfg.combiner.batch_size)
         released = RdpAccountant()
@@ -228,12 +228,13 @@ def test_ledgers_that_outlive_runs_hold_every_release_of_every_run(prepared_cfg,
                 e["event"]["sampling_probability"],
                 dp_accounting.GaussianDpEvent(e["event"]["event"]["noise_multiplier"])), e["count"]))
         assert recorded.get_epsilon(1e-5) == pytest.approx(released.get_epsilon(1e-5), rel=1e-12)
-        assert second["sites"]["2"][str(site)]["epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-12)
+        assert second["sites"]["1"][str(site)]["epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-12)
         ledger.close()
 
 
 def test_a_federation_in_which_no_round_aggregates_reports_no_result(prepared_cfg, run_dir):
-    from fedens.experiment import FederationFailed, require_aggregated_rounds
+    from fedens.pipelines.ensemble import require_aggregated_rounds
+    from fedens.runs import FederationFailed
 
     cfg, _ = prepared_cfg
     faults = ",".join(f"{site}:{r}:raise" for site in range(NUM_SITES) for r in (1, 2, 3))

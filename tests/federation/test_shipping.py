@@ -14,25 +14,27 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from in_process_grid import InProcessGrid
 
-from fedens.experiment import ConfigError, _prepare, federation_settings, validate
+from fedens import validate
 from fedens.federation import layout as L
 from fedens.federation import shipping
-from fedens.federation.client_app import make_client_app
-from fedens.federation.server_app import coordinate
-from fedens.federation.site_cache import outputs_path
+from fedens.federation.ensemble.client import make_client_app
+from fedens.federation.ensemble.server import coordinate
+from fedens.federation.outputs_cache import outputs_path
+from fedens.pipelines.ensemble import federation_settings, prepare
+from fedens.runs import ConfigError
 
 NUM_SITES = 2
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from fedens.cli import _compose
+    from fedens.runs import compose as _compose
 
     cfg = _compose([f"federation.num_sites={NUM_SITES}", "federation.num_rounds=2",
                     "experts.num_experts=3", "experts.families=[logreg,naive_bayes]",
                     "combiner.top_k=1", "privacy.epsilon=4"])
     source = tmp_path_factory.mktemp("prepared")
-    _prepare(cfg, source)
+    prepare(cfg, source)
     return cfg, source
 
 
@@ -210,7 +212,8 @@ def test_the_inline_limit_is_a_run_setting(compose, tmp_path):
     for name in ("experts.pkl", "initial_combiner.pt"):
         (tmp_path / name).write_bytes(b"x")
     settings = {L.EXPERTS_PATH: str(tmp_path / "experts.pkl"),
-                L.INITIAL_COMBINER_PATH: str(tmp_path / "initial_combiner.pt")}
+                L.INITIAL_COMBINER_PATH: str(tmp_path / "initial_combiner.pt"),
+                L.SHIP_INLINE_BYTES: compose().federation.ship_inline_bytes}
     assert shipping.Shipment.of(settings).inline()  # the default: 4 MiB
     assert not shipping.Shipment.of({**settings, L.SHIP_INLINE_BYTES: 0}).inline()
     with pytest.raises(ConfigError, match="invalid federation.ship_inline_bytes=-1"):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from fedens.experiment import run
+from fedens import run
 from fedens.federation.checkpoint import checkpoint_path
 from fedens.privacy import PrivacyLedger
 

@@ -1,0 +1,514 @@
+"""``pipeline=ensemble`` (the quickstart): shared experts, private data. A network of experts
+trained on a public split is combined by a combiner the sites learn from their private records
+(DP-SGD rounds, or one noisy-histogram release for a cascade); the coordinator evaluates it on
+its own test split, beside the baselines that isolate what the federation adds.
+
+A run directory ends up holding ``results.json``, ``metrics.csv`` (one row per round),
+``accuracy.png``, the shared ``experts.pkl`` and ``initial_combiner.pt``, the coordinator's
+split and the sites' folders (in simulation, each stands for a site's own disk: its records, its
+ledger, its cache).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from fedens.combiners import COMBINERS, MeanCombiner, VoteCombiner, combiner_state, federated_form
+from fedens.combiners.cascade import GRIDS
+from fedens.config_schema import (
+    ConfigError,
+    Rule,
+    Schema,
+    fraction,
+    integer,
+    is_num,
+    one_of,
+    positive,
+)
+from fedens.data import PARTITIONS, load_task
+from fedens.data.datasets import DATASETS
+from fedens.experts import expert_outputs, save_experts, train_expert_network
+from fedens.experts.network import EXPERT_FAMILIES
+from fedens.federation import layout as L
+from fedens.federation import site_dp
+from fedens.federation.ensemble.client import make_client_app
+from fedens.federation.ensemble.server import make_server_app
+from fedens.federation.strategies import STRATEGIES, check_strategy
+from fedens.files import npz_bytes, torch_bytes, write_atomic
+from fedens.runs import FederationFailed, Pipeline, RunContext, federation_failure, register_pipeline
+from fedens.runs.backends import FlowerApps, federate
+from fedens.runs.console import console, fmt
+from fedens.runs.results import epsilon_max, site_ledger_summaries, write_csv
+
+
+def configured_strategy_params(cfg: DictConfig) -> dict[str, Any]:
+    params = cfg.federation.strategy.params
+    return {} if params is None else dict(OmegaConf.to_container(params))
+
+
+def _strategy_ok(name: Any, cfg: DictConfig) -> bool:
+    check_strategy(name, configured_strategy_params(cfg))  # ValueError naming the parameter
+    return True
+
+
+def _strategy_problem(cfg: DictConfig) -> str:
+    try:
+        check_strategy(cfg.federation.strategy.name, configured_strategy_params(cfg))
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
+def _faults_ok(text: Any, cfg: DictConfig) -> bool:
+    return all(site < cfg.federation.num_sites and 1 <= r <= cfg.federation.num_rounds
+               for site, r, _ in L.parse_faults(text or ""))
+
+
+def _faults_expected(cfg: DictConfig) -> str:
+    try:
+        L.parse_faults(cfg.federation.inject_faults or "")
+    except ValueError as error:
+        return str(error)
+    return (f"sites in [0, {cfg.federation.num_sites - 1}] and rounds in [1, {cfg.federation.num_rounds}]")
+
+
+def _adaptive_problem(cfg: DictConfig) -> str:
+    sl = cfg.privacy.site_level
+    return site_dp.adaptive_noise_problem(sl.noise_multiplier, cfg.federation.num_sites,
+                                          sl.clipped_count_stddev) or ""
+
+
+def _deployed(cfg: DictConfig) -> bool:
+    return cfg.federation.backend == "deployment"
+
+
+FEDERATION_SCHEMA = Schema([
+    integer("federation.num_sites"),
+    integer("federation.min_sites", 1, "federation.num_sites"),
+    integer("federation.num_rounds"),
+    fraction("federation.fraction_train", hi_open=False),
+    positive("federation.round_timeout", "a number of seconds > 0"),
+    integer("federation.ship_inline_bytes", 0, note="bytes; 0: always ship in a query.ship message"),
+    Rule("federation.superlink", lambda v, cfg: isinstance(v, str) and v.strip() != "",
+         "the name of a [superlink.<name>] connection in $FLWR_HOME/config.toml", when=_deployed),
+    positive("federation.run_timeout", "a number of seconds > 0", when=_deployed),
+    integer("federation.min_replies", 1, "federation.num_sites"),
+    fraction("federation.personalization.holdout", lo_open=False, note="0: no personalisation"),
+    integer("federation.personalization.epochs"),
+    integer("federation.checkpoint_every"),
+    integer("federation.num_cpus", 1, note="Ray's CPUs in simulation"),
+    one_of("federation.strategy.name", STRATEGIES, show=lambda names: f"one of {', '.join(names)}"),
+    Rule("federation.strategy.params", lambda v, cfg: not _strategy_problem(cfg), _strategy_problem),
+    Rule("federation.inject_faults", _faults_ok, _faults_expected),
+])
+PRIVACY_SCHEMA = Schema([
+    Rule("privacy.delta", lambda v, cfg: is_num(v) and 0 < v < 1, "a number in (0, 1)"),
+    positive("privacy.epsilon", "a finite number > 0"),
+    positive("privacy.budget", "a finite number > 0"),
+    positive("privacy.max_grad_norm"),
+    one_of("privacy.site_level.mode", site_dp.MODES),
+    positive("privacy.site_level.noise_multiplier"),
+    positive("privacy.site_level.clipping_norm"),
+    Rule("privacy.site_level.clipped_count_stddev", lambda v, cfg: v is None or (is_num(v) and v > 0),
+         "null or a number > 0"),
+    Rule("privacy.site_level.clipped_count_stddev", lambda v, cfg: not _adaptive_problem(cfg),
+         lambda cfg: f"a value that lets adaptive clipping split the noise: {_adaptive_problem(cfg)}",
+         when=lambda cfg: cfg.privacy.site_level.mode.endswith("adaptive")),
+])
+DATA_SCHEMA = Schema([
+    fraction("data.public_fraction"),
+    fraction("data.test_fraction"),
+    Rule("data.test_fraction", lambda v, cfg: v + cfg.data.public_fraction < 1,
+         lambda cfg: f"public_fraction + test_fraction < 1 (public_fraction={cfg.data.public_fraction})"),
+])
+EXPERTS_SCHEMA = Schema([
+    integer("experts.num_experts"),
+    Rule("experts.families", lambda v, cfg: len(v) >= 1 and all(f in EXPERT_FAMILIES for f in v),
+         f"a list of model families from {sorted(EXPERT_FAMILIES)}"),
+    integer("experts.specialty_classes", 1, note="of the task's classes"),
+    fraction("experts.in_fraction", hi_open=False),
+    fraction("experts.out_fraction", lo_open=False, hi_open=False),
+])
+
+
+# --- the protocols: what a combiner's protocol needs from this pipeline ---------------------
+
+
+@dataclass(frozen=True)
+class ProtocolPlan:
+    """How this pipeline runs a combiner's protocol: its run settings, its console line, its
+    privacy mechanism (for the report) and its number of rounds."""
+
+    settings: Callable[[DictConfig], dict[str, Any]]
+    describe: Callable[[DictConfig], str]
+    mechanism: str
+    rounds: Callable[[DictConfig], int]
+    resumable: bool
+
+
+def _training_settings(cfg: DictConfig) -> dict[str, Any]:
+    c, form = cfg.combiner, federated_form(cfg.combiner.name)
+    return {L.LOCAL_EPOCHS: c.local_epochs, L.BATCH_SIZE: c.batch_size, L.LEARNING_RATE: float(c.lr),
+            L.TOP_K: c.get("top_k", 1), L.NUM_ROUNDS: cfg.federation.num_rounds,
+            # personalisation fine-tunes a personalizable combiner; the others train on all records
+            L.HOLDOUT: float(cfg.federation.personalization.holdout) if form.personalizable else 0.0}
+
+
+def _histogram_settings(cfg: DictConfig) -> dict[str, Any]:
+    c = cfg.combiner
+    return {L.HOLDOUT: 0.0, L.NUM_ROUNDS: 1, L.TOP_K: 1, L.CASCADE_GRID: json.dumps(GRIDS[c.grid].tolist()),
+            L.CASCADE_MARGIN: float(c.target_margin), L.CASCADE_MIN_COUNT: float(c.min_count)}
+
+
+PROTOCOL_PLANS = {
+    "dpsgd_rounds": ProtocolPlan(
+        _training_settings,
+        lambda cfg: f"{cfg.federation.num_rounds} {cfg.federation.strategy.name} rounds of "
+                    f"{cfg.combiner.name}, DP-SGD",
+        "dp-sgd (opacus), record-level, per site", lambda cfg: cfg.federation.num_rounds, True),
+    "histogram_release": ProtocolPlan(
+        _histogram_settings, lambda cfg: "one noisy-histogram release, Gaussian mechanism",
+        "gaussian noisy confidence histograms (cascade calibration), record-level, per site",
+        lambda cfg: 1, False),
+}
+
+
+def plan_of(cfg: DictConfig) -> ProtocolPlan:
+    return PROTOCOL_PLANS[federated_form(cfg.combiner.name).protocol]
+
+
+def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """The apps' run settings (``context.run_config`` keys) for this experiment: every key the
+    apps read, each from the config (the one source of defaults)."""
+    return {
+        L.RUN_DIR: str(run_dir),
+        L.EXPERTS_PATH: str(run_dir / "experts.pkl"),
+        L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
+        L.NUM_SITES: cfg.federation.num_sites,
+        L.TARGET_EPSILON: float(cfg.privacy.epsilon),
+        L.BUDGET_EPSILON: float(cfg.privacy.budget),
+        L.DELTA: float(cfg.privacy.delta),
+        L.MAX_GRAD_NORM: float(cfg.privacy.max_grad_norm),
+        L.FRACTION_TRAIN: float(cfg.federation.fraction_train),
+        L.MIN_SITES: cfg.federation.min_sites,
+        L.MIN_REPLIES: cfg.federation.min_replies,
+        L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
+        L.SHIP_INLINE_BYTES: cfg.federation.ship_inline_bytes,
+        L.SEED: cfg.seed,
+        L.TASK_SCHEMA: L.task_schema_path(run_dir).read_text(),
+        L.SITE_DP_MODE: cfg.privacy.site_level.mode,
+        L.SITE_DP_NOISE: float(cfg.privacy.site_level.noise_multiplier),
+        L.SITE_DP_CLIP: float(cfg.privacy.site_level.clipping_norm),
+        L.SITE_DP_COUNT_STDDEV: float(cfg.privacy.site_level.clipped_count_stddev or 0.0),
+        L.STRATEGY: cfg.federation.strategy.name,
+        L.STRATEGY_PARAMS: json.dumps(configured_strategy_params(cfg)),
+        L.CHECKPOINT_EVERY: cfg.federation.checkpoint_every,
+        L.RESUME: resume,
+        L.INJECT_FAULTS: cfg.federation.inject_faults or "",
+        L.PERSONAL_EPOCHS: cfg.federation.personalization.epochs,
+        **plan_of(cfg).settings(cfg),
+    }
+
+
+# --- preparing the network and the sites' files ---------------------------------------------
+
+
+def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Data, sites, experts and the initial combiner, and each party's files; returns what the
+    report needs. In simulation ``sites/site_<i>/`` stands for site *i*'s own disk."""
+    task = load_task(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction, cfg.seed)
+    params = {k: v for k, v in OmegaConf.to_container(cfg.partition).items() if k != "name"}
+    try:
+        sites = PARTITIONS.split(cfg.partition.name, task.private.y, cfg.federation.num_sites, cfg.seed,
+                                 **params)
+    except ValueError as error:
+        raise ConfigError(f"invalid partition for federation.num_sites={cfg.federation.num_sites}: "
+                          f"{error}") from None
+    console.print(
+        f"data  {task.name}: public {len(task.public)}, private {len(task.private)} over "
+        f"{len(sites)} sites ({PARTITIONS.describe(cfg.partition)}; sizes {[len(s) for s in sites]}), "
+        f"test {len(task.test)}"
+    )
+    experts = train_expert_network(
+        task.public, task.num_classes, cfg.experts.num_experts, list(cfg.experts.families),
+        cfg.experts.specialty_classes, cfg.experts.in_fraction, cfg.experts.out_fraction, cfg.seed,
+    )
+    try:
+        initial = federated_form(cfg.combiner.name).initial(cfg.combiner, task.public, experts, cfg.seed)
+    except ValueError as error:
+        raise ConfigError(f"invalid combiner: {error}") from None
+    save_experts(experts, run_dir / "experts.pkl")
+    write_atomic(run_dir / "initial_combiner.pt", torch_bytes(combiner_state(initial)))
+    for site, records in enumerate(sites):
+        L.site_dir(run_dir, site).mkdir(parents=True, exist_ok=True)
+        write_atomic(L.site_dir(run_dir, site) / "data.npz",
+                     npz_bytes(X=task.private.X[records], y=task.private.y[records]))
+    L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y))
+    write_atomic(L.task_schema_path(run_dir), json.dumps(
+        {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}))
+    return {"task": task, "sites": sites, "experts": experts, "initial": initial}
+
+
+def baselines(cfg: DictConfig, prepared: dict[str, Any]) -> dict[str, float]:
+    """What the network gets without the federation: single experts, fixed combiners, the
+    combiner trained centrally without noise, and a model trained on all the data."""
+    from sklearn.neural_network import MLPClassifier
+
+    task, experts, initial = prepared["task"], prepared["experts"], prepared["initial"]
+    y = task.test.y
+    P = expert_outputs(experts, task.test.X)
+    singles = [_accuracy(P[:, k], y) for k in range(P.shape[1])]
+    X_all = np.concatenate([task.public.X, task.private.X])
+    y_all = np.concatenate([task.public.y, task.private.y])
+    central_model = MLPClassifier((64,), max_iter=2000, random_state=cfg.seed).fit(X_all, y_all)
+    return {
+        "best_single_expert_accuracy": max(singles),
+        "mean_single_expert_accuracy": float(np.mean(singles)),
+        "uniform_mean_accuracy": _accuracy(MeanCombiner().combine(P), y),
+        "plurality_vote_accuracy": _accuracy(VoteCombiner().combine(P), y),
+        **initial.central_reference(cfg.combiner, task.private, expert_outputs(experts, task.private.X),
+                                    task.test, P, cfg.seed),
+        "centralized_reference_accuracy": float(central_model.score(task.test.X, y)),
+    }
+
+
+def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
+    return float((proba.argmax(axis=1) == y).mean())
+
+
+# --- the federation and its report ----------------------------------------------------------
+
+
+def run_federation(cfg: DictConfig, run: RunContext, form: Any) -> dict[str, Any]:
+    """The combiner's protocol on the configured backend; the coordinator's ``rounds.json``."""
+    settings = federation_settings(cfg, run.run_dir, run.resume)
+
+    def progress(row: dict[str, Any]) -> None:
+        console.print(form.progress_line(row, cfg.combiner))
+        for f in row["failures"]:
+            who = f"site {f['site']}" if f["site"] is not None else f"node {f['node']}"
+            console.print(f"          {who} failed ({f['kind']}): {f['reason']}")
+
+    console.print(
+        f"federation  Flower {cfg.federation.backend}: {cfg.federation.num_sites} sites, "
+        f"{plan_of(cfg).describe(cfg)}, target ε={cfg.privacy.epsilon:g} at δ={cfg.privacy.delta:g} "
+        "per site" + (f"; resuming {run.run_dir}" if run.resume else "")
+    )
+    federate(cfg, settings, FlowerApps(make_server_app, make_client_app), progress,
+             lambda line: console.print(line, markup=False))
+    out = L.federation_dir(run.run_dir)
+    if not (out / "rounds.json").is_file():
+        raise federation_failure(run.run_dir, "federation/rounds.json")
+    return json.loads((out / "rounds.json").read_text())
+
+
+def rounds_aggregated(rounds: dict[str, Any]) -> int:
+    """Rounds whose update aggregated sites' replies (a cascade's one release: if any replied)."""
+    return sum(bool(r.get("aggregated", r["sites_reporting"] > 0))
+               for r in rounds["rounds"] if r["round"] >= 1)
+
+
+def require_aggregated_rounds(rounds: dict[str, Any]) -> None:
+    """Raise :class:`FederationFailed` unless some round aggregated sites' updates: a combiner
+    no site trained is not a federated result."""
+    rows = [r for r in rounds["rounds"] if r["round"] >= 1]
+    if rounds_aggregated(rounds):
+        return
+    failures = [f for fs in rounds["failures"].values() for f in fs]
+    kinds = sorted({f["kind"] for f in failures})
+    first = (f"; first: site {failures[0]['site']} in round {min(rounds['failures'], key=int)}: "
+             f"{failures[0]['reason']}") if failures else ""
+    raise FederationFailed(f"no round aggregated any site's update ({len(rows)} rounds, {len(failures)} "
+                           f"site failures: {', '.join(kinds) or 'none'}){first}")
+
+
+def site_personalization(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Per site: router accuracy on its held-back records, global vs personalised, from the
+    comparison each site keeps in its own folder (simulation: all are in the run directory)."""
+    if cfg.federation.personalization.holdout <= 0 or not federated_form(cfg.combiner.name).personalizable:
+        return None
+    per_site = {}
+    for site in range(cfg.federation.num_sites):
+        path = L.personalization_report_path(L.site_dir(run_dir, site) / "ledger.sqlite")
+        if path.is_file():
+            per_site[str(site)] = json.loads(path.read_text())
+    gains = [r["personalized"]["router"] - r["global"]["router"] for r in per_site.values()]
+    held = [r["held_back_records"] for r in per_site.values()]
+    return {
+        "holdout": cfg.federation.personalization.holdout,
+        "per_site": per_site,
+        "sites": len(per_site),
+        "sites_gaining": sum(g > 0 for g in gains),
+        "sites_losing": sum(g < 0 for g in gains),
+        "mean_gain": float(np.mean(gains)) if gains else None,
+        # pooled over all held-back records: sum of correct / sum of records
+        "global_accuracy": _pooled(per_site, "global", held),
+        "personalized_accuracy": _pooled(per_site, "personalized", held),
+    }
+
+
+def _pooled(per_site: dict[str, Any], which: str, held: list[int]) -> float | None:
+    if not per_site:
+        return None
+    correct = sum(r[which]["router"] * r["held_back_records"] for r in per_site.values())
+    return float(correct / sum(held))
+
+
+def privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> dict[str, Any]:
+    last_reports: dict[str, Any] = {}
+    for reports in rounds["sites"].values():
+        last_reports.update(reports)
+    per_site = site_ledger_summaries(run_dir, cfg.federation.num_sites, cfg.privacy.budget)
+    for site, entry in per_site.items():  # Opacus' own accountant, as a cross-check
+        reported = last_reports.get(site, {})
+        entry["opacus_epsilon"] = reported.get("opacus-epsilon")
+        entry["noise_multiplier"] = reported.get("noise-multiplier")
+        if entry["epsilon"] is None and "epsilon" in reported:  # its ledger is on its own machine
+            entry["epsilon"], entry["source"] = reported["epsilon"], "reported by the site"
+    return {
+        "delta": float(cfg.privacy.delta),
+        "epsilon_max": epsilon_max(per_site),
+        "per_site": per_site,
+        "rounds_refused": sum(s.get("refusals", 0) for s in per_site.values()),
+        "accounting": "rdp-data-independent",
+        "mechanism": plan_of(cfg).mechanism,
+        "site_level": rounds["site_level"],
+    }
+
+
+def plot(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float], form: Any,
+         c: DictConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label, style in form.plot_series(c):
+        ax.plot(rounds, [r[key] for r in rows], style, label=label)
+    for key, style in (("centralized_reference_accuracy", "k-"),
+                       ("central_nonprivate_accuracy", "g:"),
+                       ("uniform_mean_accuracy", "b:"),
+                       ("best_single_expert_accuracy", "r:")):
+        ax.axhline(baselines[key], linestyle=style[1:], color=style[0],
+                   label=key.replace("_accuracy", "").replace("_", " "))
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+@register_pipeline
+class EnsemblePipeline(Pipeline):
+    """The quickstart: shared experts, private data, a federated combiner."""
+
+    name = "ensemble"
+    groups = {
+        "data": tuple(DATASETS),
+        "partition": tuple(PARTITIONS),
+        "experts": ("mixed_families",),
+        "combiner": tuple(name for name in COMBINERS if federated_form(name) is not None),
+        "privacy": ("dpsgd",),
+        "federation": ("simulation", "deployment"),
+    }
+    schema = FEDERATION_SCHEMA + PRIVACY_SCHEMA + DATA_SCHEMA + EXPERTS_SCHEMA
+
+    def components(self, cfg: DictConfig) -> list[Schema]:
+        return [PARTITIONS.schemas[cfg.partition.name], federated_form(cfg.combiner.name).config_schema]
+
+    def resumable(self, cfg: DictConfig) -> str | None:
+        if plan_of(cfg).resumable:
+            return None
+        return (f"combiner.name={cfg.combiner.name!r} is calibrated by one release, not trained in rounds "
+                "(rerun it)")
+
+    def run(self, cfg: DictConfig, run: RunContext) -> dict[str, Any]:
+        form = federated_form(cfg.combiner.name)
+        prepared = prepare(cfg, run.run_dir)
+        task, experts = prepared["task"], prepared["experts"]
+        base = baselines(cfg, prepared)
+        run.say(f"experts  {len(experts)} trained; best single {base['best_single_expert_accuracy']:.3f}, "
+                f"uniform mean {base['uniform_mean_accuracy']:.3f}, central non-private "
+                f"{form.label} {base['central_nonprivate_accuracy']:.3f}")
+        rounds = run_federation(cfg, run, prepared["initial"])
+        require_aggregated_rounds(rounds)
+        results: dict[str, Any] = {
+            "data": {
+                "name": task.name,
+                "num_sites": cfg.federation.num_sites,
+                "num_classes": task.num_classes,
+                "partition": PARTITIONS.describe(cfg.partition),
+                "site_sizes": [len(s) for s in prepared["sites"]],
+            },
+            "combiner": cfg.combiner.name,
+            **prepared["initial"].results(rounds["rounds"][-1], len(experts), cfg.combiner),
+            "baselines": base,
+            "privacy": {**privacy_report(cfg, run.run_dir, rounds), "queries_answered": len(task.test),
+                        "queries_refused": 0},
+            "personalization": site_personalization(cfg, run.run_dir),
+            "federation": {
+                "strategy": rounds["strategy"],
+                "strategy_params": configured_strategy_params(cfg),
+                "fraction_train": cfg.federation.fraction_train,
+                "min_sites": cfg.federation.min_sites,
+                "min_replies": cfg.federation.min_replies,
+                "rounds_aggregated": rounds_aggregated(rounds),
+                "failures_per_round": {r: len(f) for r, f in rounds["failures"].items()},
+                "failures": {r: f for r, f in rounds["failures"].items() if f},
+                "resumed": run.resume,
+            },
+            "timing": {"rounds": plan_of(cfg).rounds(cfg)},
+        }
+        if "cascade" in rounds:
+            results["cascade"] = rounds["cascade"]
+        write_csv(run.run_dir / "metrics.csv", rounds["rounds"])
+        plot(run.run_dir / "accuracy.png", rounds["rounds"], base, prepared["initial"], cfg.combiner)
+        return results
+
+    def print_report(self, results: dict[str, Any], cfg: DictConfig) -> None:
+        b, form = results["baselines"], federated_form(cfg.combiner.name)
+        K = results["cost"]["num_experts"]
+        table = Table(title=f"fedens {results['experiment']}: test accuracy")
+        for col, justify in (("combiner", "left"), ("accuracy", "right"), ("expert calls / query", "right")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        rows = [("best single expert", b["best_single_expert_accuracy"], 1),
+                ("mean single expert", b["mean_single_expert_accuracy"], 1),
+                ("uniform mean", b["uniform_mean_accuracy"], K),
+                ("plurality vote", b["plurality_vote_accuracy"], K),
+                *form.report_rows(results, cfg.combiner),
+                ("centralized model on all data", b["centralized_reference_accuracy"], "-")]
+        for label, value, calls in rows:
+            table.add_row(label, f"{value:.3f}", str(calls))
+        console.print(table)
+        p, personal = results["privacy"], (results.get("personalization") or {}).get("per_site", {})
+        sites = Table(title=f"per site: privacy (δ={p['delta']:g}, {p['accounting']})"
+                            + (" and router accuracy on its own held-back records" if personal else ""))
+        for col in ("site", "ε spent", "budget", "ε (opacus cross-check)", "σ", "global", "personalised"):
+            sites.add_column(col, justify="right")
+        for site, s in p["per_site"].items():
+            mine = personal.get(site)
+            sites.add_row(site, fmt(s["epsilon"]), f"{s['budget']:g}", fmt(s.get("opacus_epsilon")),
+                          fmt(s.get("noise_multiplier")),
+                          fmt(mine["global"]["router"]) if mine else "-",
+                          fmt(mine["personalized"]["router"]) if mine else "-")
+        console.print(sites)
+
+
+__all__ = ["EnsemblePipeline", "federation_settings", "prepare", "baselines", "site_personalization",
+           "require_aggregated_rounds", "rounds_aggregated", "configured_strategy_params"]

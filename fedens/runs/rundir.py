@@ -1,0 +1,44 @@
+"""The run directory: one run per directory, a finished run never resumed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedens.config_schema import ConfigError
+from fedens.federation import layout as L
+from fedens.federation.checkpoint import checkpoint_path
+
+#: what a run directory holds once a fedens run has started in it (Hydra's .hydra/ aside)
+RUN_MARKERS = ("results.json", "sites", "federation", "coordinator", "experts.pkl")
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new run needs a directory that holds no fedens run (its ledgers, results and site data
+    would be mixed with another run's); ``resume`` needs an unfinished one with a checkpoint."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"hydra.run.dir={run_dir} is a file: expected a directory (new or empty)")
+    finished = (run_dir / "results.json").is_file()
+    if resume:
+        if finished:
+            raise ConfigError(f"cannot resume {run_dir}: the run is finished (it has results.json); "
+                              "start a new run in another directory")
+        if not checkpoint_path(run_dir).is_file():
+            raise ConfigError(f"cannot resume {run_dir}: no checkpoint at {checkpoint_path(run_dir)} "
+                              "(the run has not completed a round)")
+        return
+    if found := [name for name in RUN_MARKERS if (run_dir / name).exists()]:
+        state = "finished" if finished else f"unfinished (it has {found[0]})"
+        advice = "" if finished else f"; continue it with `fedens run resume={run_dir}`"
+        raise ConfigError(f"hydra.run.dir={run_dir} already holds a {state} fedens run: choose another "
+                          f"directory{advice}")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> Path:
+    """``run_dir`` checked, created and cleared of an earlier attempt's failure note."""
+    check_run_dir(run_dir, resume)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"hydra.run.dir={run_dir} cannot be created: {error.strerror}") from None
+    L.failure_path(run_dir).unlink(missing_ok=True)
+    return run_dir
