@@ -13,7 +13,11 @@ SCHEMA = {
     "metrics": {"test_accuracy", "test_nll"},
     "baselines": {"best_single_expert_accuracy", "mean_single_expert_accuracy",
                   "uniform_mean_accuracy", "plurality_vote_accuracy",
-                  "centralized_reference_accuracy"},
+                  "centralized_reference_accuracy", "chance_accuracy", "majority_class_accuracy",
+                  "public_only_router_accuracy", "public_only_weights_accuracy",
+                  "federated_nonprivate_router_accuracy"},
+    "private_data": {"federated_dp_accuracy", "public_only_accuracy", "federated_nonprivate_accuracy",
+                     "gain_over_public_only", "gain_over_public_only_ci95", "interval_method"},
     "cost": {"num_experts", "expert_calls_per_query"},
     "privacy": {"delta", "epsilon_max", "per_site", "queries_answered", "queries_refused",
                 "accounting"},
@@ -68,6 +72,20 @@ def test_quickstart_shrunk_end_to_end(shrunk_run):
 
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
+    # public only is round 0 (the initial form, no private record), scored on the same queries
+    assert b["public_only_router_accuracy"] == pytest.approx(float(rows[0]["router_accuracy"]), abs=1e-12)
+    assert b["public_only_weights_accuracy"] == pytest.approx(float(rows[0]["weights_accuracy"]), abs=1e-12)
+    assert b["chance_accuracy"] == 0.1 and 0.05 < b["majority_class_accuracy"] < 0.2
+    v = on_disk["private_data"]
+    assert v["federated_dp_accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-12)  # the final model
+    assert v["public_only_accuracy"] == b["public_only_router_accuracy"]
+    assert v["federated_nonprivate_accuracy"] == b["federated_nonprivate_router_accuracy"]
+    assert v["gain_over_public_only"] == pytest.approx(v["federated_dp_accuracy"] - v["public_only_accuracy"])
+    low, high = v["gain_over_public_only_ci95"]
+    assert low <= v["gain_over_public_only"] <= high and high - low < 0.2
+    for name in ("federated_dp", "public_only", "federated_nonprivate"):
+        low, high = v[f"{name}_ci95"]
+        assert low <= v[f"{name}_accuracy"] <= high
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
     assert not list(tmp_path.glob("**/*.tmp"))
 

@@ -19,7 +19,7 @@ from fedens.combiners.base import (
     register_combiner,
     save_arrays,
 )
-from fedens.combiners.federated import FederatedForm
+from fedens.combiners.federated import FederatedForm, SiteRecords
 from fedens.config_schema import Rule, Schema, is_num, one_of
 
 DEFAULT_GRID = np.linspace(0.0, 1.0, 101)
@@ -508,14 +508,22 @@ class CascadeCombiner(FederatedForm):
     def central_reference(self, c: Mapping[str, Any], private: Any, P_private: np.ndarray,
                           test: Any, P_test: np.ndarray, seed: int) -> dict[str, float]:
         """The same selective-accuracy rule on the exact histograms of all private records."""
-        import copy
-
-        model = copy.deepcopy(self).calibrate_selective(
-            P_private, private.y, GRIDS[c["grid"]], margin=float(c["target_margin"]),
-            min_count=float(c["min_count"]))
-        s = model.scores(P_test, None, test.y)
+        s = self._calibrated_copy(c, P_private, private.y).scores(P_test, None, test.y)
         return {"central_nonprivate_accuracy": s["accuracy"], "central_nonprivate_nll": s["nll"],
                 "central_nonprivate_expert_calls_per_query": s["expert_calls_per_query"]}
+
+    def federated_nonprivate(self, c: Mapping[str, Any], sites: list[SiteRecords], rounds: int,
+                             seed: int) -> CascadeCombiner:
+        """Without noise the sites' summed histograms are those of all their records: the
+        calibration on every site's records together (one release, so ``rounds`` is unused)."""
+        return self._calibrated_copy(c, np.concatenate([P for _, P, _ in sites]),
+                                     np.concatenate([y for _, _, y in sites]))
+
+    def _calibrated_copy(self, c: Mapping[str, Any], P: np.ndarray, y: np.ndarray) -> CascadeCombiner:
+        import copy
+
+        return copy.deepcopy(self).calibrate_selective(
+            P, y, GRIDS[c["grid"]], margin=float(c["target_margin"]), min_count=float(c["min_count"]))
 
     def results(self, final: Mapping[str, Any], num_experts: int, c: Mapping[str, Any]
                 ) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ from fedens.combiners.base import accuracy_and_nll
 from fedens.config_schema import Schema, integer, positive
 
 Row = tuple[str, float, Any]  # (label, accuracy, expert calls per query)
+SiteRecords = tuple[np.ndarray, np.ndarray, np.ndarray]  # a site's (X, expert outputs, y)
 
 #: the keys of every combiner that is trained by DP-SGD rounds at the sites
 TRAINED_SCHEMA = Schema([
@@ -69,6 +70,32 @@ class FederatedForm:
                                float(c["lr"]), int(c["batch_size"]), seed)
         return model.scores(P_test, test.X, test.y, c.get("top_k"))
 
+    def federated_nonprivate(self, c: Mapping[str, Any], sites: list[SiteRecords], rounds: int,
+                             seed: int) -> Any:
+        """A copy trained by FedAvg over every site's records, each round's local training as at
+        the sites (``local_epochs``, ``batch_size``, ``lr``) but without clipping or noise, every
+        site in every round: what the private data could give at ε = ∞. Simulation only: it
+        needs every site's records (``sites``: (X, expert outputs, y) per site) in one process."""
+        from fedens.combiners.training import train_combiner
+
+        model = copy.deepcopy(self)
+        sizes = np.array([len(y) for _, _, y in sites], dtype=float)
+        shares = sizes / sizes.sum()
+        for r in range(1, rounds + 1):
+            states = []
+            for k, (X, P, y) in enumerate(sites):
+                local = copy.deepcopy(model)
+                train_combiner(local, X, P, y, int(c["local_epochs"]), float(c["lr"]), int(c["batch_size"]),
+                               seed * 1000 + k * 100 + r)
+                states.append(local.trainable_state())
+            model.load_trainable({name: sum(float(w) * s[name] for w, s in zip(shares, states, strict=True))
+                                  for name in states[0]})
+        return model
+
+    def correct(self, P: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-query correctness (bool) of the headline prediction."""
+        return self.combine(P, X).argmax(axis=1) == np.asarray(y)  # type: ignore[attr-defined]
+
     def results(self, final: Mapping[str, Any], num_experts: int, c: Mapping[str, Any]
                 ) -> dict[str, dict[str, Any]]:
         """results.json's ``metrics`` and ``cost`` from the last round's scores."""
@@ -82,6 +109,10 @@ class FederatedForm:
         m, b, cost = results["metrics"], results["baselines"], results["cost"]
         K = cost["num_experts"]
         return [(f"{cls.kind} (federated, DP)", m["test_accuracy"], f"{cost['expert_calls_per_query']:.2f}"),
+                (f"{cls.kind} (public only, ε = 0)", b["public_only_accuracy"],
+                 f"{b.get('public_only_expert_calls_per_query', K):.2f}"),
+                (f"{cls.kind} (federated, no DP)", b["federated_nonprivate_accuracy"],
+                 f"{b.get('federated_nonprivate_expert_calls_per_query', K):.2f}"),
                 (f"{cls.kind} (central, non-private)", b["central_nonprivate_accuracy"],
                  f"{b.get('central_nonprivate_expert_calls_per_query', K):.2f}")]
 

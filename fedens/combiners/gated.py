@@ -292,6 +292,9 @@ class GatedEnsemble(FederatedForm, TrainableCombiner):
         return [("learned weights (federated, DP)", m["weights_accuracy"], K),
                 ("router dense (federated, DP)", m["test_accuracy"], K),
                 (f"router top-{k} (federated, DP)", m["router_topk_accuracy"], k),
+                ("router dense (public only, ε = 0)", b["public_only_router_accuracy"], K),
+                ("router dense (federated, no DP)",
+                 b["federated_nonprivate_router_accuracy"], K),
                 ("router dense (central, non-private)", b["central_nonprivate_router_accuracy"], K)]
 
     @classmethod

@@ -22,7 +22,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from fedens.combiners import COMBINERS, MeanCombiner, VoteCombiner, combiner_state, federated_form
+from fedens.combiners import (
+    COMBINERS,
+    MeanCombiner,
+    VoteCombiner,
+    combiner_state,
+    federated_form,
+    load_combiner,
+)
 from fedens.combiners.cascade import GRIDS
 from fedens.config_schema import (
     ConfigError,
@@ -42,11 +49,13 @@ from fedens.federation import layout as L
 from fedens.federation import site_dp
 from fedens.federation.ensemble.client import make_client_app
 from fedens.federation.ensemble.server import make_server_app
+from fedens.federation.site import split_holdout
 from fedens.federation.strategies import STRATEGIES, check_strategy
 from fedens.files import npz_bytes, torch_bytes, write_atomic
 from fedens.runs import FederationFailed, Pipeline, RunContext, federation_failure, register_pipeline
 from fedens.runs.backends import FlowerApps, federate
 from fedens.runs.console import console, fmt
+from fedens.runs.intervals import METHOD, accuracy_interval, difference_interval
 from fedens.runs.results import epsilon_max, site_ledger_summaries, write_csv
 
 
@@ -259,9 +268,28 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"task": task, "sites": sites, "experts": experts, "initial": initial}
 
 
-def baselines(cfg: DictConfig, prepared: dict[str, Any]) -> dict[str, float]:
-    """What the network gets without the federation: single experts, fixed combiners, the
-    combiner trained centrally without noise, and a model trained on all the data."""
+def reference_combiners(cfg: DictConfig, prepared: dict[str, Any]) -> dict[str, Any]:
+    """The combiners a federated result is measured against: ``public_only``, the initial form
+    every site starts from (what the network gets at ε = 0), and ``federated_nonprivate``, the
+    same federation without clipping or noise (ε = ∞; it needs every site's records in one
+    process, as the central reference does). Each site trains on the records it trains on in
+    the federation (its held-back records stay out)."""
+    task, experts, initial = prepared["task"], prepared["experts"], prepared["initial"]
+    holdout = float(cfg.federation.personalization.holdout)
+    sites = []
+    for site, records in enumerate(prepared["sites"]):
+        train, _ = split_holdout(len(records), holdout, cfg.seed, site)
+        X, y = task.private.X[records][train], task.private.y[records][train]
+        sites.append((X, expert_outputs(experts, X), y))
+    return {"public_only": initial,
+            "federated_nonprivate": initial.federated_nonprivate(cfg.combiner, sites,
+                                                                 cfg.federation.num_rounds, cfg.seed)}
+
+
+def baselines(cfg: DictConfig, prepared: dict[str, Any], references: dict[str, Any]) -> dict[str, float]:
+    """What the network gets without the thing claimed: chance and the majority class, single
+    experts, fixed combiners, the public-only and non-private combiners, the combiner trained
+    centrally without noise, and a model trained on all the data."""
     from sklearn.neural_network import MLPClassifier
 
     task, experts, initial = prepared["task"], prepared["experts"], prepared["initial"]
@@ -271,14 +299,49 @@ def baselines(cfg: DictConfig, prepared: dict[str, Any]) -> dict[str, float]:
     X_all = np.concatenate([task.public.X, task.private.X])
     y_all = np.concatenate([task.public.y, task.private.y])
     central_model = MLPClassifier((64,), max_iter=2000, random_state=cfg.seed).fit(X_all, y_all)
+    top_k = cfg.combiner.get("top_k")
     return {
+        "chance_accuracy": 1.0 / task.num_classes,
+        # the coordinator's guess without any model: the public split's most frequent class
+        "majority_class_accuracy": float((y == np.bincount(task.public.y).argmax()).mean()),
         "best_single_expert_accuracy": max(singles),
         "mean_single_expert_accuracy": float(np.mean(singles)),
         "uniform_mean_accuracy": _accuracy(MeanCombiner().combine(P), y),
         "plurality_vote_accuracy": _accuracy(VoteCombiner().combine(P), y),
+        **{f"{name}_{key}": value for name, model in references.items()
+           for key, value in model.scores(P, task.test.X, y, top_k).items()},
         **initial.central_reference(cfg.combiner, task.private, expert_outputs(experts, task.private.X),
                                     task.test, P, cfg.seed),
         "centralized_reference_accuracy": float(central_model.score(task.test.X, y)),
+    }
+
+
+def private_data_value(prepared: dict[str, Any], references: dict[str, Any], run_dir: Path,
+                       seed: int) -> dict[str, Any]:
+    """What the sites' private data bought: the federated DP combiner's headline accuracy against
+    the public-only one (ε = 0) and the non-private federation (ε = ∞), on the same test
+    queries, with bootstrap intervals (paired for the differences)."""
+    task, experts = prepared["task"], prepared["experts"]
+    X, y = task.test.X, task.test.y
+    P = expert_outputs(experts, X)
+    final = load_combiner(L.federation_dir(run_dir) / "global_combiner.pt")
+    correct = {"federated_dp": final.correct(P, X, y),
+               **{name: model.correct(P, X, y) for name, model in references.items()}}
+    acc = {name: float(c.mean()) for name, c in correct.items()}
+    dp, public, nonprivate = correct["federated_dp"], correct["public_only"], correct["federated_nonprivate"]
+    headroom = acc["federated_nonprivate"] - acc["public_only"]
+    return {
+        "queries": len(y),
+        "interval_method": METHOD,
+        **{f"{name}_accuracy": value for name, value in acc.items()},
+        **{f"{name}_ci95": accuracy_interval(c, seed) for name, c in correct.items()},
+        "gain_over_public_only": acc["federated_dp"] - acc["public_only"],
+        "gain_over_public_only_ci95": difference_interval(dp, public, seed),
+        "nonprivate_gain_over_public_only": headroom,
+        "nonprivate_gain_over_public_only_ci95": difference_interval(nonprivate, public, seed),
+        # the share of what the private data could give (without DP) that it gave under DP
+        "share_of_nonprivate_gain": (acc["federated_dp"] - acc["public_only"]) / headroom if headroom > 0
+        else None,
     }
 
 
@@ -442,7 +505,8 @@ class EnsemblePipeline(Pipeline):
         form = federated_form(cfg.combiner.name)
         prepared = prepare(cfg, run.run_dir)
         task, experts = prepared["task"], prepared["experts"]
-        base = baselines(cfg, prepared)
+        references = reference_combiners(cfg, prepared)
+        base = baselines(cfg, prepared, references)
         run.say(f"experts  {len(experts)} trained; best single {base['best_single_expert_accuracy']:.3f}, "
                 f"uniform mean {base['uniform_mean_accuracy']:.3f}, central non-private "
                 f"{form.label} {base['central_nonprivate_accuracy']:.3f}")
@@ -459,6 +523,7 @@ class EnsemblePipeline(Pipeline):
             "combiner": cfg.combiner.name,
             **prepared["initial"].results(rounds["rounds"][-1], len(experts), cfg.combiner),
             "baselines": base,
+            "private_data": private_data_value(prepared, references, run.run_dir, cfg.seed),
             "privacy": {**privacy_report(cfg, run.run_dir, rounds), "queries_answered": len(task.test),
                         "queries_refused": 0},
             "personalization": site_personalization(cfg, run.run_dir),
@@ -487,7 +552,9 @@ class EnsemblePipeline(Pipeline):
         table = Table(title=f"fedens {results['experiment']}: test accuracy")
         for col, justify in (("combiner", "left"), ("accuracy", "right"), ("expert calls / query", "right")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
-        rows = [("best single expert", b["best_single_expert_accuracy"], 1),
+        rows = [("chance", b["chance_accuracy"], 0),
+                ("majority class (of the public split)", b["majority_class_accuracy"], 0),
+                ("best single expert", b["best_single_expert_accuracy"], 1),
                 ("mean single expert", b["mean_single_expert_accuracy"], 1),
                 ("uniform mean", b["uniform_mean_accuracy"], K),
                 ("plurality vote", b["plurality_vote_accuracy"], K),
@@ -496,6 +563,15 @@ class EnsemblePipeline(Pipeline):
         for label, value, calls in rows:
             table.add_row(label, f"{value:.3f}", str(calls))
         console.print(table)
+        v = results["private_data"]
+        console.print(
+            f"private data: {form.label or form.kind} {v['federated_dp_accuracy']:.3f} under DP against "
+            f"{v['public_only_accuracy']:.3f} public only: {v['gain_over_public_only']:+.3f} "
+            f"[{v['gain_over_public_only_ci95'][0]:+.3f}, {v['gain_over_public_only_ci95'][1]:+.3f}]; "
+            f"without DP the federation gives {v['nonprivate_gain_over_public_only']:+.3f} "
+            f"[{v['nonprivate_gain_over_public_only_ci95'][0]:+.3f}, "
+            f"{v['nonprivate_gain_over_public_only_ci95'][1]:+.3f}] (95% paired bootstrap, "
+            f"{v['queries']} test queries)")
         p, personal = results["privacy"], (results.get("personalization") or {}).get("per_site", {})
         sites = Table(title=f"per site: privacy (δ={p['delta']:g}, {p['accounting']})"
                             + (" and router accuracy on its own held-back records" if personal else ""))
