@@ -44,6 +44,7 @@ def fedens(*args, cwd):
         ("privacy.budget=nan", ["privacy.budget=nan", "a finite number > 0"]),
         ("combiner.top_k=11", ["combiner.top_k=11", "[1, experts.num_experts=10]"]),
         ("experiment=nope", ["experiment=nope", "quickstart"]),
+        ("data.shift=sideways", ["data.shift='sideways'", "'none', 'scanners'"]),
         ("no_such_key=1", ["'no_such_key'", "no_such_key=1"]),
         ("federation.no_such_key=1", ["'federation.no_such_key'"]),
     ],

@@ -43,6 +43,7 @@ from fedens.config_schema import (
 )
 from fedens.data import PARTITIONS, load_task
 from fedens.data.datasets import DATASETS
+from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_device
 from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.experts.network import EXPERT_FAMILIES
 from fedens.federation import layout as L
@@ -134,6 +135,7 @@ PRIVACY_SCHEMA = Schema([
          when=lambda cfg: cfg.privacy.site_level.mode.endswith("adaptive")),
 ])
 DATA_SCHEMA = Schema([
+    one_of("data.shift", SHIFTS),
     fraction("data.public_fraction"),
     fraction("data.test_fraction"),
     Rule("data.test_fraction", lambda v, cfg: v + cfg.data.public_fraction < 1,
@@ -242,10 +244,13 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except ValueError as error:
         raise ConfigError(f"invalid partition for federation.num_sites={cfg.federation.num_sites}: "
                           f"{error}") from None
+    task = shift_task(task, sites, cfg.data.shift, cfg.seed)
     console.print(
         f"data  {task.name}: public {len(task.public)}, private {len(task.private)} over "
         f"{len(sites)} sites ({PARTITIONS.describe(cfg.partition)}; sizes {[len(s) for s in sites]}), "
-        f"test {len(task.test)}"
+        f"test {len(task.test)}" + ("" if cfg.data.shift == "none" else
+                                   f"; the sites' records and the test split from other scanners "
+                                   f"({', '.join(SCANNERS)}) than the public split")
     )
     experts = train_expert_network(
         task.public, task.num_classes, cfg.experts.num_experts, list(cfg.experts.families),
@@ -518,6 +523,9 @@ class EnsemblePipeline(Pipeline):
                 "num_sites": cfg.federation.num_sites,
                 "num_classes": task.num_classes,
                 "partition": PARTITIONS.describe(cfg.partition),
+                "shift": cfg.data.shift,
+                "site_devices": ([site_device(s) for s in range(cfg.federation.num_sites)]
+                                 if cfg.data.shift == "scanners" else None),
                 "site_sizes": [len(s) for s in prepared["sites"]],
             },
             "combiner": cfg.combiner.name,
