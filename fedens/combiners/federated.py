@@ -76,7 +76,7 @@ class FederatedForm:
         the sites (``local_epochs``, ``batch_size``, ``lr``) but without clipping or noise, every
         site in every round: what the private data could give at ε = ∞. Simulation only: it
         needs every site's records (``sites``: (X, expert outputs, y) per site) in one process."""
-        from fedens.combiners.training import train_combiner
+        from fedens.combiners.training import train_combiner, training_seed
 
         model = copy.deepcopy(self)
         sizes = np.array([len(y) for _, _, y in sites], dtype=float)
@@ -86,7 +86,7 @@ class FederatedForm:
             for k, (X, P, y) in enumerate(sites):
                 local = copy.deepcopy(model)
                 train_combiner(local, X, P, y, int(c["local_epochs"]), float(c["lr"]), int(c["batch_size"]),
-                               seed * 1000 + k * 100 + r)
+                               training_seed(seed, k, r))
                 states.append(local.trainable_state())
             model.load_trainable({name: sum(float(w) * s[name] for w, s in zip(shares, states, strict=True))
                                   for name in states[0]})

@@ -58,6 +58,12 @@ def make_optimizer(module: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(module.parameters(), lr=lr)
 
 
+def training_seed(seed: int, site: int, server_round: int) -> int:
+    """The torch seed of a site's local training in a round (at a site: its Poisson batches and
+    noise; in the non-private federation reference: its shuffles)."""
+    return seed * 1000 + site * 100 + server_round
+
+
 def train_combiner(
     module: M,
     X: np.ndarray,

@@ -270,7 +270,10 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_atomic(L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y))
     write_atomic(L.task_schema_path(run_dir), json.dumps(
         {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}))
-    return {"task": task, "sites": sites, "experts": experts, "initial": initial}
+    # the experts' outputs on the splits the baselines and the comparison score, computed once
+    outputs = {"test": expert_outputs(experts, task.test.X),
+               "private": expert_outputs(experts, task.private.X)}
+    return {"task": task, "sites": sites, "experts": experts, "initial": initial, "outputs": outputs}
 
 
 def reference_combiners(cfg: DictConfig, prepared: dict[str, Any]) -> dict[str, Any]:
@@ -279,13 +282,13 @@ def reference_combiners(cfg: DictConfig, prepared: dict[str, Any]) -> dict[str, 
     same federation without clipping or noise (ε = ∞; it needs every site's records in one
     process, as the central reference does). Each site trains on the records it trains on in
     the federation (its held-back records stay out)."""
-    task, experts, initial = prepared["task"], prepared["experts"], prepared["initial"]
+    task, initial, P_private = prepared["task"], prepared["initial"], prepared["outputs"]["private"]
     holdout = float(cfg.federation.personalization.holdout)
     sites = []
     for site, records in enumerate(prepared["sites"]):
         train, _ = split_holdout(len(records), holdout, cfg.seed, site)
-        X, y = task.private.X[records][train], task.private.y[records][train]
-        sites.append((X, expert_outputs(experts, X), y))
+        mine = records[train]
+        sites.append((task.private.X[mine], P_private[mine], task.private.y[mine]))
     return {"public_only": initial,
             "federated_nonprivate": initial.federated_nonprivate(cfg.combiner, sites,
                                                                  cfg.federation.num_rounds, cfg.seed)}
@@ -297,9 +300,8 @@ def baselines(cfg: DictConfig, prepared: dict[str, Any], references: dict[str, A
     centrally without noise, and a model trained on all the data."""
     from sklearn.neural_network import MLPClassifier
 
-    task, experts, initial = prepared["task"], prepared["experts"], prepared["initial"]
-    y = task.test.y
-    P = expert_outputs(experts, task.test.X)
+    task, initial = prepared["task"], prepared["initial"]
+    y, P = task.test.y, prepared["outputs"]["test"]
     singles = [_accuracy(P[:, k], y) for k in range(P.shape[1])]
     X_all = np.concatenate([task.public.X, task.private.X])
     y_all = np.concatenate([task.public.y, task.private.y])
@@ -315,7 +317,7 @@ def baselines(cfg: DictConfig, prepared: dict[str, Any], references: dict[str, A
         "plurality_vote_accuracy": _accuracy(VoteCombiner().combine(P), y),
         **{f"{name}_{key}": value for name, model in references.items()
            for key, value in model.scores(P, task.test.X, y, top_k).items()},
-        **initial.central_reference(cfg.combiner, task.private, expert_outputs(experts, task.private.X),
+        **initial.central_reference(cfg.combiner, task.private, prepared["outputs"]["private"],
                                     task.test, P, cfg.seed),
         "centralized_reference_accuracy": float(central_model.score(task.test.X, y)),
     }
@@ -326,9 +328,8 @@ def private_data_value(prepared: dict[str, Any], references: dict[str, Any], run
     """What the sites' private data bought: the federated DP combiner's headline accuracy against
     the public-only one (ε = 0) and the non-private federation (ε = ∞), on the same test
     queries, with bootstrap intervals (paired for the differences)."""
-    task, experts = prepared["task"], prepared["experts"]
+    task, P = prepared["task"], prepared["outputs"]["test"]
     X, y = task.test.X, task.test.y
-    P = expert_outputs(experts, X)
     final = load_combiner(L.federation_dir(run_dir) / "global_combiner.pt")
     correct = {"federated_dp": final.correct(P, X, y),
                **{name: model.correct(P, X, y) for name, model in references.items()}}

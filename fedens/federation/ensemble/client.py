@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from fedens.combiners import GatedEnsemble
-from fedens.combiners.training import combiner_dataset, make_optimizer, run_epochs
+from fedens.combiners.training import combiner_dataset, make_optimizer, run_epochs, training_seed
 from fedens.federation import layout as L
 from fedens.federation import shipping, site_dp
 from fedens.federation.ensemble.histograms import answer_histograms
@@ -47,11 +47,6 @@ def _dpsgd_history(ledger: PrivacyLedger, but: str) -> list[tuple[float, float, 
     ledger: it outlives the run (a resumed or later run counts what the site spent)."""
     return [(r["params"]["noise_multiplier"], r["params"]["sample_rate"], int(r["params"]["steps"]))
             for r in ledger.records() if r["mechanism"] == "dpsgd" and r["release_key"] != but]
-
-
-def training_seed(seed: int, site: int, server_round: int) -> int:
-    """The torch seed of a site's DP-SGD round (its Poisson batches and noise)."""
-    return seed * 1000 + site * 100 + server_round
 
 
 def _release_key(request: SiteRequest, server_round: int, received: ArrayRecord, X: np.ndarray,
