@@ -17,10 +17,12 @@ from typing import NoReturn
 USAGE = """usage: fedens run [KEY=VALUE ...] [-m] [hydra flags]
        fedens run resume=RUN_DIR
        fedens ledger RUN_DIR [--json]
+       fedens summarize DIR
        fedens --version
 
   run     run an experiment (default: experiment=quickstart); `fedens run --help` for more
-  ledger  epsilon spent and left per site of a run; `fedens ledger --help` for more"""
+  ledger  epsilon spent and left per site of a run; `fedens ledger --help` for more
+  summarize  the runs under DIR (e.g. a multirun sweep) as tables, and accuracy against epsilon"""
 
 
 def run_help() -> str:
@@ -230,6 +232,40 @@ def _print_ledgers(report: dict) -> None:  # type: ignore[type-arg]
               f"{s['delta']:g} ({s['accounting']})")
 
 
+SUMMARIZE_USAGE = """usage: fedens summarize DIR
+
+  Tabulates every results.json under DIR (a multirun sweep, or outputs/): one row per run,
+  then per setting (the overrides but the seed) the mean ± sd over its seeds. When the
+  settings differ only in privacy.epsilon, also writes DIR/accuracy_vs_epsilon.png: the DP
+  router (dense and top-k) against epsilon, with the public-only, non-private federation,
+  uniform-mean and best-expert lines."""
+
+
+def summarize_command(args: list[str]) -> None:
+    from fedens.files import write_atomic
+    from fedens.runs.summary import collect, over_seeds, plot_against_epsilon, runs_table, seeds_table
+
+    if any(a in ("-h", "--help") for a in args):
+        print(SUMMARIZE_USAGE)
+        return
+    if len(args) != 1 or not Path(args[0]).is_dir():
+        fail(f"summarize takes one directory that exists, got {' '.join(args) or 'nothing'}: "
+             "fedens summarize DIR")
+    root = Path(args[0])
+    rows = collect(root)
+    if not rows:
+        fail(f"no results.json under {root}: expected a directory of fedens runs")
+    summary = over_seeds(rows)
+    print(runs_table(rows), "", "mean ± sd over seeds:", seeds_table(summary), sep="\n")
+    epsilons = {e["epsilon"] for e in summary}
+    if len(summary) > 1 and len(epsilons) == len(summary) and None not in epsilons:
+        write_atomic(root / "accuracy_vs_epsilon.png", plot_against_epsilon(summary))
+        print(f"\nplot  {root / 'accuracy_vs_epsilon.png'}")
+
+
+COMMANDS = {"run": run_command, "ledger": ledger_command, "summarize": summarize_command}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
@@ -241,9 +277,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedens {__version__}")
         return
     command, rest = args[0], args[1:]
-    if command == "run":
-        run_command(rest)
-    elif command == "ledger":
-        ledger_command(rest)
-    else:
-        fail(f"unknown command {command!r}; choose one of: run, ledger\n{USAGE}")
+    if command not in COMMANDS:
+        fail(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}\n{USAGE}")
+    COMMANDS[command](rest)
