@@ -81,6 +81,12 @@ def test_quickstart_shrunk_end_to_end(shrunk_run):
     assert v["public_only_accuracy"] == b["public_only_router_accuracy"]
     assert v["federated_nonprivate_accuracy"] == b["federated_nonprivate_router_accuracy"]
     assert v["gain_over_public_only"] == pytest.approx(v["federated_dp_accuracy"] - v["public_only_accuracy"])
+    # every row of metrics.csv carries the baselines, as results.json has them
+    for row in rows:
+        for key in ("public_only_accuracy", "federated_nonprivate_accuracy"):
+            assert float(row[key]) == pytest.approx(v[key], abs=1e-12)
+        for key in ("central_nonprivate_accuracy", "uniform_mean_accuracy", "best_single_expert_accuracy"):
+            assert float(row[key]) == pytest.approx(b[key], abs=1e-12)
     low, high = v["gain_over_public_only_ci95"]
     assert low <= v["gain_over_public_only"] <= high and high - low < 0.2
     for name in ("federated_dp", "public_only", "federated_nonprivate"):

@@ -49,6 +49,7 @@ from fedens.experts.network import EXPERT_FAMILIES
 from fedens.federation import layout as L
 from fedens.federation import site_dp
 from fedens.federation.ensemble.client import make_client_app
+from fedens.federation.ensemble.personalization import FOLDS
 from fedens.federation.ensemble.server import make_server_app
 from fedens.federation.site import split_holdout
 from fedens.federation.strategies import STRATEGIES, check_strategy
@@ -411,8 +412,12 @@ def site_personalization(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | Non
         path = L.personalization_report_path(L.site_dir(run_dir, site) / "ledger.sqlite")
         if path.is_file():
             per_site[str(site)] = json.loads(path.read_text())
-    gains = [r["personalized"]["router"] - r["global"]["router"] for r in per_site.values()]
     held = [r["held_back_records"] for r in per_site.values()]
+
+    def change(which: str) -> list[float]:  # per site, against the global router
+        return [r[which]["router"] - r["global"]["router"] for r in per_site.values()]
+
+    gains, chosen = change("personalized"), change("chosen")
     return {
         "holdout": cfg.federation.personalization.holdout,
         "per_site": per_site,
@@ -420,9 +425,15 @@ def site_personalization(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | Non
         "sites_gaining": sum(g > 0 for g in gains),
         "sites_losing": sum(g < 0 for g in gains),
         "mean_gain": float(np.mean(gains)) if gains else None,
+        "worst_site_gain": min(gains, default=None),
+        # each site's choice between the two, made by cross-validation on its training records
+        "sites_choosing_personalized": sum(r["choice"] == "personalized" for r in per_site.values()),
+        "chosen_mean_gain": float(np.mean(chosen)) if chosen else None,
+        "chosen_worst_site_gain": min(chosen, default=None),
         # pooled over all held-back records: sum of correct / sum of records
         "global_accuracy": _pooled(per_site, "global", held),
         "personalized_accuracy": _pooled(per_site, "personalized", held),
+        "chosen_accuracy": _pooled(per_site, "chosen", held),
     }
 
 
@@ -445,6 +456,7 @@ def privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> di
         if entry["epsilon"] is None and "epsilon" in reported:  # its ledger is on its own machine
             entry["epsilon"], entry["source"] = reported["epsilon"], "reported by the site"
     return {
+        "epsilon_target": float(cfg.privacy.epsilon),
         "delta": float(cfg.privacy.delta),
         "epsilon_max": epsilon_max(per_site),
         "per_site": per_site,
@@ -455,8 +467,20 @@ def privacy_report(cfg: DictConfig, run_dir: Path, rounds: dict[str, Any]) -> di
     }
 
 
-def plot(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float], form: Any,
-         c: DictConfig) -> None:
+#: the headline's baselines, repeated in every row of ``metrics.csv`` (and lines in the plot)
+BASELINE_COLUMNS = ("public_only_accuracy", "federated_nonprivate_accuracy", "central_nonprivate_accuracy",
+                    "centralized_reference_accuracy", "uniform_mean_accuracy", "best_single_expert_accuracy")
+
+
+def with_baseline_columns(rows: list[dict[str, Any]], baselines: dict[str, float],
+                          value: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rounds' rows with the headline's baselines beside them: ε = 0 (public only), ε = ∞
+    (the federation without DP), the central references and the fixed combiners."""
+    known = {**baselines, **value}
+    return [{**row, **{key: known[key] for key in BASELINE_COLUMNS}} for row in rows]
+
+
+def plot(path: Path, rows: list[dict[str, Any]], form: Any, c: DictConfig) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -466,11 +490,9 @@ def plot(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float], fo
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, label, style in form.plot_series(c):
         ax.plot(rounds, [r[key] for r in rows], style, label=label)
-    for key, style in (("centralized_reference_accuracy", "k-"),
-                       ("central_nonprivate_accuracy", "g:"),
-                       ("uniform_mean_accuracy", "b:"),
-                       ("best_single_expert_accuracy", "r:")):
-        ax.axhline(baselines[key], linestyle=style[1:], color=style[0],
+    styles = ("m--", "c--", "g:", "k-", "b:", "r:")
+    for key, style in zip(BASELINE_COLUMNS, styles, strict=True):
+        ax.axhline(rows[0][key], linestyle=style[1:], color=style[0],
                    label=key.replace("_accuracy", "").replace("_", " "))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
@@ -551,8 +573,9 @@ class EnsemblePipeline(Pipeline):
         }
         if "cascade" in rounds:
             results["cascade"] = rounds["cascade"]
-        write_csv(run.run_dir / "metrics.csv", rounds["rounds"])
-        plot(run.run_dir / "accuracy.png", rounds["rounds"], base, prepared["initial"], cfg.combiner)
+        rows = with_baseline_columns(rounds["rounds"], base, results["private_data"])
+        write_csv(run.run_dir / "metrics.csv", rows)
+        plot(run.run_dir / "accuracy.png", rows, prepared["initial"], cfg.combiner)
         return results
 
     def print_report(self, results: dict[str, Any], cfg: DictConfig) -> None:
@@ -584,15 +607,25 @@ class EnsemblePipeline(Pipeline):
         p, personal = results["privacy"], (results.get("personalization") or {}).get("per_site", {})
         sites = Table(title=f"per site: privacy (δ={p['delta']:g}, {p['accounting']})"
                             + (" and router accuracy on its own held-back records" if personal else ""))
-        for col in ("site", "ε spent", "budget", "ε (opacus cross-check)", "σ", "global", "personalised"):
+        for col in ("site", "ε spent", "budget", "ε (opacus cross-check)", "σ", "held back", "global",
+                    "personalised", "site's choice"):
             sites.add_column(col, justify="right")
         for site, s in p["per_site"].items():
             mine = personal.get(site)
             sites.add_row(site, fmt(s["epsilon"]), f"{s['budget']:g}", fmt(s.get("opacus_epsilon")),
                           fmt(s.get("noise_multiplier")),
-                          fmt(mine["global"]["router"]) if mine else "-",
-                          fmt(mine["personalized"]["router"]) if mine else "-")
+                          *((str(mine["held_back_records"]), fmt(mine["global"]["router"]),
+                             fmt(mine["personalized"]["router"]), mine["choice"]) if mine else ("-",) * 4))
         console.print(sites)
+        if personal:
+            q = results["personalization"]
+            console.print(
+                f"personalised: {fmt(q['personalized_accuracy'])} against {fmt(q['global_accuracy'])} global "
+                f"on {sum(r['held_back_records'] for r in personal.values())} held-back records (mean site "
+                f"change {q['mean_gain']:+.3f}, worst {q['worst_site_gain']:+.3f}); each site's choice by "
+                f"{FOLDS}-fold cross-validation on its training records: {fmt(q['chosen_accuracy'])} "
+                f"({q['sites_choosing_personalized']} of {q['sites']} sites keep their own, worst site "
+                f"{q['chosen_worst_site_gain']:+.3f})")
 
 
 __all__ = ["EnsemblePipeline", "federation_settings", "prepare", "baselines", "site_personalization",

@@ -182,10 +182,16 @@ def test_each_site_personalises_and_keeps_its_comparison(prepared_cfg, run_dir):
         assert mine["held_back_records"] == round(0.25 * n)
         assert mine["train_records"] + mine["held_back_records"] == n
         assert 0 <= mine["global"]["router"] <= 1 and 0 <= mine["personalized"]["router"] <= 1
+        # the site's choice, by cross-validation on its training records, is one of the two
+        assert mine["choice"] in ("global", "personalized")
+        assert mine["chosen"] == mine[mine["choice"]]
+        assert mine["choice"] == "global" or mine["validation_gain"] > 0
         assert (L.site_dir(run_dir, int(site)) / "personalized_combiner.pt").is_file()
     held = sum(r["held_back_records"] for r in summary["per_site"].values())
     pooled = sum(r["personalized"]["router"] * r["held_back_records"] for r in summary["per_site"].values())
     assert summary["personalized_accuracy"] == pytest.approx(pooled / held)
+    assert summary["sites_choosing_personalized"] == sum(r["choice"] == "personalized"
+                                                        for r in summary["per_site"].values())
     # the DP-SGD rounds trained on the rest only: each site's sample rate is batch / train records
     ledger = PrivacyLedger.read(L.site_dir(run_dir, 0) / "ledger.sqlite")
     rate = ledger.records()[0]["params"]["sample_rate"]
