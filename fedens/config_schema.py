@@ -75,15 +75,21 @@ class Schema(tuple):  # type: ignore[type-arg]
 # --- the usual rules -------------------------------------------------------------------------
 
 
-def integer(key: str, lo: int | str = 1, hi: int | str | None = None, *, note: str = "",
-            when: Callable[[DictConfig], bool] | None = None) -> Rule:
-    """An integer >= ``lo`` (and <= ``hi``); a bound given as a string is that key's value."""
+Bound = int | str | Callable[[DictConfig], int]
 
-    def bound(b: int | str | None, cfg: DictConfig) -> Any:
+
+def integer(key: str, lo: Bound = 1, hi: Bound | None = None, *, note: str = "",
+            when: Callable[[DictConfig], bool] | None = None) -> Rule:
+    """An integer >= ``lo`` (and <= ``hi``); a bound given as a string is that key's value, one
+    given as a function is its value for the config (a count read from the data)."""
+
+    def bound(b: Bound | None, cfg: DictConfig) -> Any:
+        if callable(b):
+            return b(cfg)
         return OmegaConf.select(cfg, b) if isinstance(b, str) else b
 
-    def described(b: int | str, cfg: DictConfig) -> str:
-        return f"{b}={bound(b, cfg)}" if isinstance(b, str) else str(b)
+    def described(b: Bound, cfg: DictConfig) -> str:
+        return f"{b}={bound(b, cfg)}" if isinstance(b, str) else str(bound(b, cfg))
 
     def ok(v: Any, cfg: DictConfig) -> bool:
         return is_int(v) and v >= bound(lo, cfg) and (hi is None or v <= bound(hi, cfg))
@@ -128,3 +134,12 @@ def bounded(key: str, lo: float, hi: float, note: str = "", *,
     """A finite number in [``lo``, ``hi``]."""
     return Rule(key, lambda v, cfg: is_num(v) and lo <= v <= hi,
                 f"a number in [{lo:g}, {hi:g}]" + (f" ({note})" if note else ""), when)
+
+
+def checked(key: str, problem: Callable[[DictConfig], str], expected: str = "", *,
+            when: Callable[[DictConfig], bool] | None = None) -> Rule:
+    """``problem(cfg)`` is "" when ``key`` is fine, else what is wrong with it (a check another
+    module owns: a strategy's parameters, the sites a data set can fill); the message gives
+    ``expected`` and then the problem."""
+    return Rule(key, lambda v, cfg: not problem(cfg),
+                lambda cfg: f"{expected}: {problem(cfg)}" if expected else problem(cfg), when)

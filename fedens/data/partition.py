@@ -99,7 +99,13 @@ def dirichlet_partition(
         seed=seed,
     )
     partitioner.dataset = dataset
-    return [
-        np.asarray(partitioner.load_partition(site)["record"], dtype=np.int64)
-        for site in range(num_sites)
-    ]
+    try:
+        return [
+            np.asarray(partitioner.load_partition(site)["record"], dtype=np.int64)
+            for site in range(num_sites)
+        ]
+    except ValueError as error:  # flwr-datasets gives up after a few draws
+        raise ValueError(
+            f"no draw gave each of num_sites={num_sites} sites min_partition_size={min_partition_size} "
+            f"of the {len(y)} private records at alpha={alpha:g} (flwr-datasets: {error})"
+        ) from None

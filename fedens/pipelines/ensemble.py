@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from fedens.config_schema import (
     ConfigError,
     Rule,
     Schema,
+    checked,
     fraction,
     integer,
     is_num,
@@ -42,7 +44,7 @@ from fedens.config_schema import (
     positive,
 )
 from fedens.data import PARTITIONS, load_task
-from fedens.data.datasets import DATASETS
+from fedens.data.datasets import DATASETS, SplitSizes, split_sizes
 from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_device
 from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.experts.network import EXPERT_FAMILIES
@@ -64,11 +66,6 @@ from fedens.runs.results import epsilon_max, site_ledger_summaries, write_csv
 def configured_strategy_params(cfg: DictConfig) -> dict[str, Any]:
     params = cfg.federation.strategy.params
     return {} if params is None else dict(OmegaConf.to_container(params))
-
-
-def _strategy_ok(name: Any, cfg: DictConfig) -> bool:
-    check_strategy(name, configured_strategy_params(cfg))  # ValueError naming the parameter
-    return True
 
 
 def _strategy_problem(cfg: DictConfig) -> str:
@@ -118,7 +115,7 @@ FEDERATION_SCHEMA = Schema([
     integer("federation.checkpoint_every"),
     integer("federation.num_cpus", 1, note="Ray's CPUs in simulation"),
     one_of("federation.strategy.name", STRATEGIES, show=lambda names: f"one of {', '.join(names)}"),
-    Rule("federation.strategy.params", lambda v, cfg: not _strategy_problem(cfg), _strategy_problem),
+    checked("federation.strategy.params", _strategy_problem),
     Rule("federation.inject_faults", _faults_ok, _faults_expected),
 ])
 PRIVACY_SCHEMA = Schema([
@@ -131,25 +128,72 @@ PRIVACY_SCHEMA = Schema([
     positive("privacy.site_level.clipping_norm"),
     Rule("privacy.site_level.clipped_count_stddev", lambda v, cfg: v is None or (is_num(v) and v > 0),
          "null or a number > 0"),
-    Rule("privacy.site_level.clipped_count_stddev", lambda v, cfg: not _adaptive_problem(cfg),
-         lambda cfg: f"a value that lets adaptive clipping split the noise: {_adaptive_problem(cfg)}",
-         when=lambda cfg: cfg.privacy.site_level.mode.endswith("adaptive")),
+    checked("privacy.site_level.clipped_count_stddev", _adaptive_problem,
+            "a value that lets adaptive clipping split the noise",
+            when=lambda cfg: cfg.privacy.site_level.mode.endswith("adaptive")),
 ])
+def _sizes(cfg: DictConfig) -> SplitSizes:
+    return split_sizes(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction)
+
+
+def _part_rule(key: str, part: str, per_class: int, why: str) -> Rule:
+    """``key`` leaves the data's ``part`` split ``per_class`` records per class at least."""
+
+    def needed(cfg: DictConfig) -> int:
+        return per_class * _sizes(cfg).classes
+
+    return Rule(key, lambda v, cfg: getattr(_sizes(cfg), part) >= needed(cfg),
+                lambda cfg: f"a fraction that leaves the {part} split at least {per_class} record"
+                            f"{'s' if per_class > 1 else ''} per class ({why}), {needed(cfg)} of the "
+                            f"{_sizes(cfg).records} {cfg.data.name} records; it leaves "
+                            f"{getattr(_sizes(cfg), part)}")
+
+
 DATA_SCHEMA = Schema([
     one_of("data.shift", SHIFTS),
     fraction("data.public_fraction"),
     fraction("data.test_fraction"),
     Rule("data.test_fraction", lambda v, cfg: v + cfg.data.public_fraction < 1,
          lambda cfg: f"public_fraction + test_fraction < 1 (public_fraction={cfg.data.public_fraction})"),
+    _part_rule("data.test_fraction", "test", 1, "a stratified split"),
+    _part_rule("data.public_fraction", "public", 2, "the experts' and the router's training records"),
+    _part_rule("data.test_fraction", "private", 1, "a stratified split"),
 ])
 EXPERTS_SCHEMA = Schema([
     integer("experts.num_experts"),
     Rule("experts.families", lambda v, cfg: len(v) >= 1 and all(f in EXPERT_FAMILIES for f in v),
          f"a list of model families from {sorted(EXPERT_FAMILIES)}"),
-    integer("experts.specialty_classes", 1, note="of the task's classes"),
+    integer("experts.specialty_classes", 1, lambda cfg: _sizes(cfg).classes, note="of the task's classes"),
     fraction("experts.in_fraction", hi_open=False),
     fraction("experts.out_fraction", lo_open=False, hi_open=False),
 ])
+
+
+
+def _private_labels(cfg: DictConfig) -> np.ndarray:
+    return load_task(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction, cfg.seed).private.y
+
+
+def _sites(cfg: DictConfig, labels: np.ndarray) -> list[np.ndarray]:
+    """The sites' record indices (the config's partition of the private split)."""
+    params = {k: v for k, v in OmegaConf.to_container(cfg.partition).items() if k != "name"}
+    return PARTITIONS.split(cfg.partition.name, labels, cfg.federation.num_sites, cfg.seed, **params)
+
+
+def _sites_problem(cfg: DictConfig) -> str:
+    try:
+        with warnings.catch_warnings():  # flwr-datasets warns at each draw it rejects
+            warnings.simplefilter("ignore")
+            _sites(cfg, _private_labels(cfg))
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
+#: checked last, after the partition's own keys: the partition is drawn (a few ms) to see that it
+#: fills every site
+SITES_SCHEMA = Schema([checked("federation.num_sites", _sites_problem,
+                               "as many sites as the private records can fill")])
 
 
 # --- the protocols: what a combiner's protocol needs from this pipeline ---------------------
@@ -238,13 +282,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Data, sites, experts and the initial combiner, and each party's files; returns what the
     report needs. In simulation ``sites/site_<i>/`` stands for site *i*'s own disk."""
     task = load_task(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction, cfg.seed)
-    params = {k: v for k, v in OmegaConf.to_container(cfg.partition).items() if k != "name"}
-    try:
-        sites = PARTITIONS.split(cfg.partition.name, task.private.y, cfg.federation.num_sites, cfg.seed,
-                                 **params)
-    except ValueError as error:
-        raise ConfigError(f"invalid partition for federation.num_sites={cfg.federation.num_sites}: "
-                          f"{error}") from None
+    sites = _sites(cfg, task.private.y)  # validation drew the same partition
     task = shift_task(task, sites, cfg.data.shift, cfg.seed)
     console.print(
         f"data  {task.name}: public {len(task.public)}, private {len(task.private)} over "
@@ -521,7 +559,8 @@ class EnsemblePipeline(Pipeline):
     schema = FEDERATION_SCHEMA + PRIVACY_SCHEMA + DATA_SCHEMA + EXPERTS_SCHEMA
 
     def components(self, cfg: DictConfig) -> list[Schema]:
-        return [PARTITIONS.schemas[cfg.partition.name], federated_form(cfg.combiner.name).config_schema]
+        return [PARTITIONS.schemas[cfg.partition.name], federated_form(cfg.combiner.name).config_schema,
+                SITES_SCHEMA]
 
     def resumable(self, cfg: DictConfig) -> str | None:
         if plan_of(cfg).resumable:
