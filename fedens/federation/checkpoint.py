@@ -51,15 +51,27 @@ def save_checkpoint(run_dir: str | Path, server_round: int, arrays: ArrayRecord,
     return path
 
 
-def load_checkpoint(run_dir: str | Path, strategy: Strategy) -> Checkpoint:
-    """The run's last checkpoint, with ``strategy``'s state put back; FileNotFoundError if none."""
+def read_checkpoint(run_dir: str | Path) -> Checkpoint:
+    """The run's last checkpoint. FileNotFoundError if there is none; ValueError naming the file
+    if it is not a checkpoint this version of fedens wrote (damaged, truncated, another format)."""
     path = checkpoint_path(run_dir)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: the run has not completed a round")
-    with path.open("rb") as f:
-        saved = pickle.load(f)
+    try:
+        with path.open("rb") as f:
+            saved = pickle.load(f)
+    except Exception as error:  # a damaged pickle can raise nearly anything
+        said = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"{path} is damaged ({type(error).__name__}{': ' + said if said else ''})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("checkpoint"), Checkpoint):
+        raise ValueError(f"{path} is not a fedens checkpoint")
     if saved.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {saved.get('format')!r}, expected {FORMAT}")
-    checkpoint: Checkpoint = saved["checkpoint"]
+    return saved["checkpoint"]
+
+
+def load_checkpoint(run_dir: str | Path, strategy: Strategy) -> Checkpoint:
+    """The run's last checkpoint, with ``strategy``'s state put back (see :func:`read_checkpoint`)."""
+    checkpoint = read_checkpoint(run_dir)
     restore_strategy_state(strategy, checkpoint.strategy)
     return checkpoint

@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fedens.config_schema import ConfigError
 from fedens.federation import layout as L
-from fedens.federation.checkpoint import checkpoint_path
+from fedens.federation.checkpoint import checkpoint_path, read_checkpoint
 
 #: what a run directory holds once a fedens run has started in it (Hydra's .hydra/ aside)
 RUN_MARKERS = ("results.json", "sites", "federation", "coordinator", "experts.pkl")
 
 
+def check_creatable(path: Path, key: str) -> None:
+    """``path`` (the value of ``key``) is a directory, or one can be made there."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is a file: expected a directory (new or empty)")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    why = ("is a file" if not existing.is_dir()
+           else "is not writable" if not os.access(existing, os.W_OK | os.X_OK) else "")
+    if why:
+        raise ConfigError(f"{key}={path} cannot be created: {existing} {why}; expected a directory "
+                          "(new or empty) in a folder you can write")
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """A new run needs a directory that holds no fedens run (its ledgers, results and site data
-    would be mixed with another run's); ``resume`` needs an unfinished one with a checkpoint."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"hydra.run.dir={run_dir} is a file: expected a directory (new or empty)")
+    would be mixed with another run's) and that can be created; ``resume`` needs an unfinished
+    one whose checkpoint reads back, checked before anything is rebuilt."""
     finished = (run_dir / "results.json").is_file()
     if resume:
         if finished:
             raise ConfigError(f"cannot resume {run_dir}: the run is finished (it has results.json); "
                               "start a new run in another directory")
-        if not checkpoint_path(run_dir).is_file():
+        try:
+            read_checkpoint(run_dir)
+        except FileNotFoundError:
             raise ConfigError(f"cannot resume {run_dir}: no checkpoint at {checkpoint_path(run_dir)} "
-                              "(the run has not completed a round)")
+                              "(the run has not completed a round)") from None
+        except ValueError as error:
+            raise ConfigError(f"cannot resume {run_dir}: {error}; expected the checkpoint its "
+                              "coordinator wrote (start a new run in another directory)") from None
         return
+    check_creatable(run_dir, "hydra.run.dir")
     if found := [name for name in RUN_MARKERS if (run_dir / name).exists()]:
         state = "finished" if finished else f"unfinished (it has {found[0]})"
         advice = "" if finished else f"; continue it with `fedens run resume={run_dir}`"
