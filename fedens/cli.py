@@ -68,12 +68,10 @@ def _explain_hydra_error(error: Exception, overrides: list[str]) -> str:
         r"Key '([^']+)' is not in struct", text
     )
     if unknown:
+        from fedens.runs.config import unknown_key
+
         key = unknown.group(1)
-        given = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
-        return (
-            f"unknown config key {key!r} (in {given!r}); see the keys with "
-            "`fedens run --cfg job`, or add a new key with +key=value"
-        )
+        return unknown_key(key, next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key))
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
@@ -83,27 +81,41 @@ def _compose(overrides: list[str], with_hydra: bool = False):  # type: ignore[no
     return compose(overrides, with_hydra=with_hydra)
 
 
-def _prevalidate(overrides: list[str]) -> None:
-    """Compose and validate before Hydra creates a run directory: nothing half-written, and a
-    directory that holds a run is refused before Hydra overwrites its saved config."""
+def _prevalidate(overrides: list[str], multirun: bool) -> None:
+    """Compose and validate before Hydra creates a directory: nothing half-written, and a
+    directory that holds a run is refused before Hydra overwrites its saved config. A multirun's
+    every job is checked before the first starts (one bad job: the sweep does not start)."""
     from hydra.errors import HydraException
     from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from fedens.runs import ConfigError, validate
-    from fedens.runs.rundir import check_run_dir
+    from fedens.runs.config import check_additions, sweep_jobs
+    from fedens.runs.rundir import check_creatable, check_run_dir
 
     try:
-        cfg = _compose(overrides, with_hydra=True)
-        run_dir = Path(str(cfg.hydra.run.dir)).resolve()
-        with open_dict(cfg):
-            del cfg["hydra"]
-        validate(cfg)
-        check_run_dir(run_dir, resume=False)
+        jobs = sweep_jobs(overrides) if multirun else [overrides]
+        check_additions(jobs[0])
     except ConfigError as error:
         fail(str(error))
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         fail(_explain_hydra_error(error, overrides))
+    for number, job in enumerate(jobs, start=1):
+        where = f" (multirun job {number} of {len(jobs)}: {' '.join(job)})" if multirun else ""
+        try:
+            cfg = _compose(job, with_hydra=True)
+            out_dir = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).resolve()
+            with open_dict(cfg):
+                del cfg["hydra"]
+            validate(cfg)
+            if multirun:
+                check_creatable(out_dir, "hydra.sweep.dir")
+            else:
+                check_run_dir(out_dir, resume=False)
+        except ConfigError as error:
+            fail(f"{error}{where}")
+        except (HydraException, OmegaConfBaseException, ValueError) as error:
+            fail(_explain_hydra_error(error, job) + where)
 
 
 def _run_or_exit(cfg, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -128,7 +140,7 @@ def _hydra_task(cfg) -> None:  # type: ignore[no-untyped-def]
 
 def resume_command(run_dir: str, others: list[str]) -> None:
     """``fedens run resume=RUN_DIR``: continue that run with its own saved config."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     if others:
         fail(f"resume takes no other overrides (got {' '.join(others)}): the run continues with the "
@@ -136,11 +148,17 @@ def resume_command(run_dir: str, others: list[str]) -> None:
     saved = Path(run_dir) / ".hydra" / "config.yaml"
     if not saved.is_file():
         fail(f"resume={run_dir}: no {saved}; expected a fedens run directory")
+    def unreadable(why: str) -> NoReturn:
+        fail(f"resume={run_dir}: {saved} is not a readable fedens config ({why}): expected the "
+             ".hydra/config.yaml a fedens run saved")
+
     try:
         cfg = OmegaConf.load(saved)
+        OmegaConf.resolve(cfg)
     except Exception as error:  # YAML or OmegaConf: the file is not a config
-        fail(f"resume={run_dir}: {saved} is not a readable config ({type(error).__name__}): "
-             "expected the .hydra/config.yaml a fedens run saved")
+        unreadable(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    if not isinstance(cfg, DictConfig) or "name" not in cfg or not {"pipeline", "kind"} & set(cfg):
+        unreadable("it has no name and pipeline keys")
     if "kind" in cfg and "pipeline" not in cfg:  # saved before pipelines were plugins
         cfg.pipeline = "pate" if cfg.pop("kind") == "pate" else "ensemble"
     _run_or_exit(cfg, run_dir=run_dir, resume=True)
@@ -161,10 +179,10 @@ def run_command(args: list[str]) -> None:
         return
     multirun = any(a in ("-m", "--multirun") for a in args)
     informational = any(a.startswith("--cfg") or a in ("-c", "--info", "-i") for a in args)
-    if not multirun and not informational:
+    if not informational:
         import fedens.pipelines  # noqa: F401  (registers every pipeline)
 
-        _prevalidate([a for a in args if not a.startswith("-")])
+        _prevalidate([a for a in args if not a.startswith("-")], multirun)
     from fedens.runs.config import CONF_DIR
 
     sys.argv = ["fedens run", *args]

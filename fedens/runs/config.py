@@ -32,6 +32,44 @@ def compose(overrides: list[str] | tuple[str, ...] = (), with_hydra: bool = Fals
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs ``fedens run -m OVERRIDES`` launches, each as its overrides: Hydra's basic sweeper
+    (the product of the comma-separated and range sweeps), asked without launching anything."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def unknown_key(key: str, given: str) -> str:
+    return (f"unknown config key {key!r} (in {given!r}); see the keys with `fedens run --cfg job` "
+            "(+key=value adds keys only to an empty mapping, such as federation.strategy.params)")
+
+
+def check_additions(overrides: list[str]) -> None:
+    """Every key ``+key=value`` (or ``++key=value``) adds is one fedens reads: it exists without the
+    addition, or it goes into a mapping the shipped config leaves empty (a strategy's parameters).
+    Hydra itself would add any key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.key_or_group.startswith("hydra")
+             and not (CONF_DIR / o.key_or_group).is_dir()]  # +group=option: Hydra checks those
+    if not added:
+        return
+    base = compose([o.input_line for o in parsed if o not in added and o.input_line])
+    absent = object()
+    for o in added:
+        parts = o.key_or_group.split(".")
+        known = [OmegaConf.select(base, ".".join(parts[:n]), default=absent)
+                 for n in range(len(parts), 0, -1)]
+        nearest = next((node for node in known if node is not absent), base)
+        if known[0] is absent and not (isinstance(nearest, DictConfig) and len(nearest) == 0):
+            raise ConfigError(unknown_key(o.key_or_group, o.input_line or o.key_or_group))
+
+
 def group_options(group: str) -> list[str]:
     """The options of a config group: its YAML files."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
