@@ -19,9 +19,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from fedens.config_schema import Rule, Schema, bounded, integer, is_int, is_num, one_of, positive
+from fedens.config_schema import Rule, Schema, bounded, checked, integer, is_int, is_num, one_of, positive
 from fedens.data import PARTITIONS
-from fedens.data.mnist import load_mnist
+from fedens.data.mnist import load_mnist, mnist_problem
 from fedens.data.query_selection import QUERY_SELECTIONS, query_order
 from fedens.experts.student import StudentConfig, train_student
 from fedens.federation import layout as L
@@ -80,6 +80,7 @@ PATE_SCHEMA = Schema([
     bounded("experts.prior_correction", 0, 10, "0: off"),
     positive("experts.train_timeout", "a number of seconds > 0"),
     integer("experts.steps"), integer("experts.batch_size"), integer("combiner.steps"),
+    checked("data.name", lambda cfg: mnist_problem(), "the four MNIST IDX files, whole"),  # last: a file read
 ])
 
 
