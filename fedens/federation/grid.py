@@ -35,10 +35,21 @@ def coordinator_app(coordinate: Callable[[Grid, Mapping[str, Any], Any], None],
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         merged = L.merged(defaults, context.run_config)
-        with L.failure_recorded(merged[L.RUN_DIR]):
+        with L.failure_recorded(merged[L.RUN_DIR]), single_threaded_blas():
             coordinate(grid, merged, progress)
 
     return app
+
+
+def single_threaded_blas() -> Any:
+    """BLAS on one thread while the coordinator runs. Flower runs a ServerApp in a thread of a
+    process that also starts the simulation's Ray workers; a fork during a multi-threaded
+    OpenBLAS call can leave the call waiting forever for its thread pool (seen here: a multirun
+    job stuck in ``exec_blas`` inside the coordinator's expert outputs). The coordinator's own
+    numerics are small (the test split, the aggregates), so one thread costs nothing."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def short_reason(text: str, limit: int = 300) -> str:

@@ -220,3 +220,23 @@ def test_a_site_checks_its_records_before_it_spends_anything(site_files, damage,
     assert reply.error.reason.startswith("site 0: data.npz ") and named in reply.error.reason
     assert "\n" not in reply.error.reason
     assert not (L.site_dir(site_files, 0) / "ledger.sqlite").exists()  # nothing charged
+
+
+def test_the_coordinator_runs_blas_on_one_thread_and_restores_it(tmp_path):
+    """A fork while a multi-threaded OpenBLAS call runs in the ServerApp's thread can hang that
+    call; the coordinator keeps BLAS on one thread (fedens.federation.grid.single_threaded_blas)."""
+    from flwr.app import Context, RecordDict
+    from threadpoolctl import threadpool_info
+
+    from fedens.federation import layout as L
+    from fedens.federation.grid import coordinator_app
+
+    def blas_threads():
+        return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    before, seen = blas_threads(), {}
+    app = coordinator_app(lambda grid, settings, progress: seen.update(blas_threads()),
+                          {L.RUN_DIR: str(tmp_path)})
+    app(None, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    assert seen and set(seen.values()) == {1}
+    assert blas_threads() == before
