@@ -82,8 +82,11 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, override, expected)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override, expected", BAD_INPUT)
+@pytest.mark.parametrize("override, expected", [c for c in BAD_INPUT
+                                               if c[0] in ("seed=abc", "federation.num_sites=200", "+foo=1")])
 def test_bad_input_through_the_real_entry_point(tmp_path, override, expected):
+    """A few of the cases above in a process of their own (``python -m fedens``): the in-process
+    table runs the same code, so these check only the entry point's exit path."""
     assert_one_line_exit_2(fedens_process("run", override, cwd=tmp_path), expected)
     assert not list(tmp_path.iterdir())
 
@@ -91,11 +94,8 @@ def test_bad_input_through_the_real_entry_point(tmp_path, override, expected):
 @pytest.mark.parametrize("run_dir, why", [
     ("afile", "{tmp}/afile is a file: expected a directory (new or empty)"),
     ("afile/run", "{tmp}/afile/run cannot be created: {tmp}/afile is a file"),
-    ("ro/run", "{tmp}/ro/run cannot be created: {tmp}/ro is not writable"),
 ])
 def test_a_run_dir_that_cannot_be_made_is_refused(tmp_path, run_dir, why):
-    if run_dir.startswith("ro") and os.geteuid() == 0:
-        pytest.skip("root writes anywhere (test_an_unwritable_folder_is_named covers it)")
     (tmp_path / "afile").write_text("x")
     (tmp_path / "ro").mkdir(mode=0o500)
     before = snapshot(tmp_path)
