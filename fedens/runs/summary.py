@@ -51,7 +51,8 @@ def _overrides(run_dir: Path) -> list[str]:
 
 
 def collect(root: Path) -> list[dict[str, Any]]:
-    """One row per ``results.json`` under ``root``: its overrides, seed, ε and the columns."""
+    """One row per ``results.json`` under ``root``: its overrides, seed, ε and the columns, sorted by
+    ε, setting and seed."""
     rows = []
     for path in sorted(root.glob("**/results.json"), key=lambda p: str(p)):
         results = json.loads(path.read_text())
@@ -63,7 +64,8 @@ def collect(root: Path) -> list[dict[str, Any]]:
                "gain_ci95": _get(results, "private_data.gain_over_public_only_ci95")}
         row.update({title: _get(results, key) for title, key in COLUMNS.items()})
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: (r["epsilon"] is None, r["epsilon"] or 0, r["setting"],
+                                       r["seed"] if isinstance(r["seed"], int) else -1, r["run"]))
 
 
 def _text(value: Any) -> str:
@@ -150,7 +152,7 @@ def plot_against_epsilon(summary: list[dict[str, Any]]) -> bytes:
     ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
     ax.set_xlabel("ε per site (δ = 1e-5)")
     ax.set_ylabel("test accuracy (mean ± sd over seeds)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
