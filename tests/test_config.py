@@ -38,6 +38,19 @@ def test_defaults_are_the_quickstart(compose):
     assert (cfg.federation.num_sites, cfg.federation.num_rounds) == (10, 10)
     assert (cfg.privacy.epsilon, cfg.privacy.delta) == (8.0, 1e-5)
     assert cfg.partition.alpha == 0.5 and cfg.experts.num_experts == 10
+    assert cfg.data.shift == "scanners"  # the sites' records are not the public split's population
+
+
+def test_the_clean_preset_is_the_quickstart_without_the_shift(compose):
+    from omegaconf import OmegaConf
+
+    quickstart = OmegaConf.to_container(compose(), resolve=True)
+    clean = OmegaConf.to_container(compose("experiment=clean"), resolve=True)
+    assert clean.pop("name") == "clean" and quickstart.pop("name") == "quickstart"
+    assert clean["data"].pop("shift") == "none" and quickstart["data"].pop("shift") == "scanners"
+    assert clean["combiner"].pop("pretrain_epochs") == 20
+    quickstart["combiner"].pop("pretrain_epochs")
+    assert clean == quickstart
 
 
 @pytest.mark.parametrize(

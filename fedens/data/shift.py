@@ -80,3 +80,8 @@ def shift_task(task: TaskData, sites: list[np.ndarray], shift: str, seed: int) -
             test[drawn == k] = _scan(task.test.X[drawn == k], device, rng)
     return TaskData(task.name, task.num_classes, task.public, Split(private, task.private.y),
                     Split(test, task.test.y))
+
+
+def site_devices(shift: str, num_sites: int) -> list[str] | None:
+    """The device each site scans on under ``shift`` (None: the sites' records are unshifted)."""
+    return None if shift == "none" else [site_device(site) for site in range(num_sites)]

@@ -45,7 +45,7 @@ from fedens.config_schema import (
 )
 from fedens.data import PARTITIONS, load_task
 from fedens.data.datasets import DATASETS, SplitSizes, split_sizes
-from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_device
+from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_devices
 from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.experts.network import EXPERT_FAMILIES
 from fedens.federation import layout as L
@@ -132,6 +132,8 @@ PRIVACY_SCHEMA = Schema([
             "a value that lets adaptive clipping split the noise",
             when=lambda cfg: cfg.privacy.site_level.mode.endswith("adaptive")),
 ])
+
+
 def _sizes(cfg: DictConfig) -> SplitSizes:
     return split_sizes(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction)
 
@@ -440,6 +442,9 @@ def require_aggregated_rounds(rounds: dict[str, Any]) -> None:
                            f"site failures: {', '.join(kinds) or 'none'}){first}")
 
 
+CHOICE_SHOWN = {"global": "global", "personalized": "own"}
+
+
 def site_personalization(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """Per site: router accuracy on its held-back records, global vs personalised, from the
     comparison each site keeps in its own folder (simulation: all are in the run directory)."""
@@ -586,8 +591,7 @@ class EnsemblePipeline(Pipeline):
                 "num_classes": task.num_classes,
                 "partition": PARTITIONS.describe(cfg.partition),
                 "shift": cfg.data.shift,
-                "site_devices": ([site_device(s) for s in range(cfg.federation.num_sites)]
-                                 if cfg.data.shift == "scanners" else None),
+                "site_devices": site_devices(cfg.data.shift, cfg.federation.num_sites),
                 "site_sizes": [len(s) for s in prepared["sites"]],
             },
             "combiner": cfg.combiner.name,
@@ -644,17 +648,19 @@ class EnsemblePipeline(Pipeline):
             f"{v['nonprivate_gain_over_public_only_ci95'][1]:+.3f}] (95% paired bootstrap, "
             f"{v['queries']} test queries)")
         p, personal = results["privacy"], (results.get("personalization") or {}).get("per_site", {})
-        sites = Table(title=f"per site: privacy (δ={p['delta']:g}, {p['accounting']})"
-                            + (" and router accuracy on its own held-back records" if personal else ""))
-        for col in ("site", "ε spent", "budget", "ε (opacus cross-check)", "σ", "held back", "global",
-                    "personalised", "site's choice"):
+        held_back = (" and router accuracy on its held-back records: the global router, its own "
+                     "fine-tuned one, its choice") if personal else ""
+        sites = Table(title=f"per site: privacy (δ={p['delta']:g}, {p['accounting']}; ε opacus: Opacus' "
+                            f"own accountant){held_back}")
+        for col in ("site", "ε spent", "budget", "ε opacus", "σ", "held back", "global", "own", "choice"):
             sites.add_column(col, justify="right")
         for site, s in p["per_site"].items():
             mine = personal.get(site)
             sites.add_row(site, fmt(s["epsilon"]), f"{s['budget']:g}", fmt(s.get("opacus_epsilon")),
                           fmt(s.get("noise_multiplier")),
                           *((str(mine["held_back_records"]), fmt(mine["global"]["router"]),
-                             fmt(mine["personalized"]["router"]), mine["choice"]) if mine else ("-",) * 4))
+                             fmt(mine["personalized"]["router"]), CHOICE_SHOWN[mine["choice"]])
+                           if mine else ("-",) * 4))
         console.print(sites)
         if personal:
             q = results["personalization"]
