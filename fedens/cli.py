@@ -81,7 +81,7 @@ def _compose(overrides: list[str], with_hydra: bool = False):  # type: ignore[no
     return compose(overrides, with_hydra=with_hydra)
 
 
-def _prevalidate(overrides: list[str], multirun: bool) -> None:
+def prevalidate(overrides: list[str], multirun: bool = False) -> None:
     """Compose and validate before Hydra creates a directory: nothing half-written, and a
     directory that holds a run is refused before Hydra overwrites its saved config. A multirun's
     every job is checked before the first starts (one bad job: the sweep does not start)."""
@@ -182,7 +182,7 @@ def run_command(args: list[str]) -> None:
     if not informational:
         import fedens.pipelines  # noqa: F401  (registers every pipeline)
 
-        _prevalidate([a for a in args if not a.startswith("-")], multirun)
+        prevalidate([a for a in args if not a.startswith("-")], multirun)
     from fedens.runs.config import CONF_DIR
 
     sys.argv = ["fedens run", *args]

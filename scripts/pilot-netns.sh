@@ -108,12 +108,12 @@ netns_stage_site_data() {  # each site's records into its own folder, as each in
 import sys
 from pathlib import Path
 
-from fedens.cli import _prevalidate
+from fedens.cli import prevalidate
 from fedens.runs import compose as _compose
 from fedens.pipelines.ensemble import prepare
 
 overrides = [o for o in sys.argv[2:] if not o.startswith("hydra.")]
-_prevalidate(overrides)  # a bad override: one line, exit 2
+prevalidate(overrides)  # a bad override: one line, exit 2
 prepare(_compose(overrides), Path(sys.argv[1]))
 EOF
   for ((i = 0; i < sites; i++)); do
