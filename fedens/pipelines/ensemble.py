@@ -39,6 +39,7 @@ from fedens.config_schema import (
     checked,
     fraction,
     integer,
+    is_int,
     is_num,
     one_of,
     positive,
@@ -50,6 +51,7 @@ from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.experts.network import EXPERT_FAMILIES
 from fedens.federation import layout as L
 from fedens.federation import site_dp
+from fedens.federation.attacks import ATTACKS
 from fedens.federation.ensemble.client import make_client_app
 from fedens.federation.ensemble.personalization import FOLDS
 from fedens.federation.ensemble.server import make_server_app
@@ -117,6 +119,12 @@ FEDERATION_SCHEMA = Schema([
     one_of("federation.strategy.name", STRATEGIES, show=lambda names: f"one of {', '.join(names)}"),
     checked("federation.strategy.params", _strategy_problem),
     Rule("federation.inject_faults", _faults_ok, _faults_expected),
+    positive("federation.max_update_norm"),
+    one_of("federation.attack.kind", ("none", *ATTACKS)),
+    Rule("federation.attack.sites", lambda v, cfg: all(is_int(s) and 0 <= s < cfg.federation.num_sites
+                                                       for s in v),
+         lambda cfg: f"a list of site numbers in [0, federation.num_sites={cfg.federation.num_sites})"),
+    positive("federation.attack.scale"),
 ])
 PRIVACY_SCHEMA = Schema([
     Rule("privacy.delta", lambda v, cfg: is_num(v) and 0 < v < 1, "a number in (0, 1)"),
@@ -272,6 +280,10 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
         L.CHECKPOINT_EVERY: cfg.federation.checkpoint_every,
         L.RESUME: resume,
         L.INJECT_FAULTS: cfg.federation.inject_faults or "",
+        L.MAX_UPDATE_NORM: float(cfg.federation.max_update_norm),
+        L.ATTACK_KIND: cfg.federation.attack.kind,
+        L.ATTACK_SITES: ",".join(str(int(s)) for s in cfg.federation.attack.sites),
+        L.ATTACK_SCALE: float(cfg.federation.attack.scale),
         L.PERSONAL_EPOCHS: cfg.federation.personalization.epochs,
         **plan_of(cfg).settings(cfg),
     }
@@ -608,6 +620,12 @@ class EnsemblePipeline(Pipeline):
                 "min_sites": cfg.federation.min_sites,
                 "min_replies": cfg.federation.min_replies,
                 "rounds_aggregated": rounds_aggregated(rounds),
+                "updates_rejected": sum(f["kind"] == "rejected-update"
+                                        for round_failures in rounds["failures"].values()
+                                        for f in round_failures),
+                "max_update_norm": float(cfg.federation.max_update_norm),
+                "attack": (OmegaConf.to_container(cfg.federation.attack)
+                           if cfg.federation.attack.kind != "none" else None),
                 "failures_per_round": {r: len(f) for r, f in rounds["failures"].items()},
                 "failures": {r: f for r, f in rounds["failures"].items() if f},
                 "resumed": run.resume,

@@ -21,3 +21,27 @@ def simulated_shrunk_quickstart(tmp_path_factory):
     from fedens.runs import compose as _compose
 
     return run(_compose(list(SHRINK)), run_dir=tmp_path_factory.mktemp("simulated"))
+
+
+@pytest.fixture(scope="module")
+def prepared_cfg(tmp_path_factory):
+    """A small quickstart (small_federation.OVERRIDES): files prepared once per module."""
+    from small_federation import OVERRIDES
+
+    from fedens.pipelines.ensemble import prepare
+    from fedens.runs import compose as _compose
+
+    cfg = _compose(OVERRIDES)
+    source = tmp_path_factory.mktemp("prepared")
+    prepare(cfg, source)
+    return cfg, source
+
+
+@pytest.fixture
+def run_dir(prepared_cfg, tmp_path):
+    """A copy of the prepared files for one test."""
+    import shutil
+
+    _, source = prepared_cfg
+    shutil.copytree(source, tmp_path / "run")
+    return tmp_path / "run"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from in_process_grid import CoordinatorCrash, InProcessGrid
+from small_federation import NUM_SITES, federate, final_state
 
 from fedens.federation import layout as L
 from fedens.federation.checkpoint import checkpoint_path, load_checkpoint
@@ -16,43 +17,8 @@ from fedens.federation.ensemble.client import make_client_app
 from fedens.federation.ensemble.server import coordinate, make_strategy_of
 from fedens.federation.grid import short_reason
 from fedens.federation.strategies import STRATEGIES, accepted_strategy_params, check_strategy, make_strategy
-from fedens.pipelines.ensemble import federation_settings, prepare
+from fedens.pipelines.ensemble import federation_settings
 from fedens.privacy import PrivacyLedger
-
-NUM_SITES = 3
-
-
-@pytest.fixture(scope="module")
-def prepared_cfg(tmp_path_factory):
-    """A small quickstart: 3 sites, 4 experts; files prepared once, copied per test."""
-    from fedens.runs import compose as _compose
-
-    cfg = _compose([f"federation.num_sites={NUM_SITES}", "federation.num_rounds=3",
-                    "experts.num_experts=4", "experts.families=[logreg,naive_bayes]",
-                    "combiner.top_k=1", "combiner.local_epochs=1", "privacy.epsilon=4"])
-    source = tmp_path_factory.mktemp("prepared")
-    prepare(cfg, source)
-    return cfg, source
-
-
-@pytest.fixture
-def run_dir(prepared_cfg, tmp_path):
-    import shutil
-
-    _, source = prepared_cfg
-    shutil.copytree(source, tmp_path / "run")
-    return tmp_path / "run"
-
-
-def federate(cfg, run_dir, grid=None, resume=False, **overrides):
-    settings = {**federation_settings(cfg, run_dir, resume), L.HOLDOUT: 0.0, **overrides}
-    grid = grid or InProcessGrid(make_client_app(settings), NUM_SITES)
-    coordinate(grid, settings, progress=None)
-    return json.loads((L.federation_dir(run_dir) / "rounds.json").read_text())
-
-
-def final_state(run_dir):
-    return torch.load(L.federation_dir(run_dir) / "global_combiner.pt")
 
 
 def ledger_epsilons(run_dir):

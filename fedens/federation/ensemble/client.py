@@ -22,6 +22,7 @@ from fedens.combiners import GatedEnsemble
 from fedens.combiners.training import combiner_dataset, make_optimizer, run_epochs, training_seed
 from fedens.federation import layout as L
 from fedens.federation import shipping, site_dp
+from fedens.federation.attacks import attacked
 from fedens.federation.ensemble.histograms import answer_histograms
 from fedens.federation.shipping import sha256_file
 from fedens.federation.site import SiteRequest, site_handler
@@ -108,7 +109,7 @@ def train_site(request: SiteRequest) -> Message:
     done, _ = run_epochs(private.module, private.optimizer, private.loader, epochs,
                          after_step=_proximal_pull(model, proximal_mu, float(s[L.LEARNING_RATE])))
     assert done == steps, f"site {site} took {done} DP-SGD steps, charged {steps}"
-    update = model.trainable_state()
+    update = _drilled(s, site, server_round, received, model.trainable_state())
     with request.ledger() as ledger:
         output = sha256_state(update)
         if sent_before not in (None, output):  # same inputs, another output: a new release
@@ -129,6 +130,16 @@ def train_site(request: SiteRequest) -> Message:
         }
     )
     return request.reply(arrays=ArrayRecord(update), metrics=metrics)
+
+
+def _drilled(s: Mapping[str, Any], site: int, server_round: int, received: ArrayRecord,
+             update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``update``, or what a hostile site sends in its place when it runs ``attack-kind``."""
+    kind, sites = str(s[L.ATTACK_KIND]), {int(x) for x in str(s[L.ATTACK_SITES]).split(",") if x}
+    if kind == "none" or site not in sites:
+        return update
+    return attacked(kind, received.to_torch_state_dict(), update, float(s[L.ATTACK_SCALE]),
+                    seed=training_seed(int(s[L.SEED]), site, server_round))
 
 
 def _drill(s: Mapping[str, Any], site: int, server_round: int) -> None:

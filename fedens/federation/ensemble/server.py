@@ -129,6 +129,7 @@ def train_rounds(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None, 
         strategy, site_grid, arrays, first_round=first_round, num_rounds=num_rounds,
         min_replies=int(s[L.MIN_REPLIES]), seed=int(s[L.SEED]),
         train_config=ConfigRecord({site_dp.CONFIG_KEY: mode, **announce}), on_round=on_round,
+        max_update_norm=float(s[L.MAX_UPDATE_NORM]),
     )
     if float(s[L.HOLDOUT]) > 0 and model.personalizable:  # each site personalises the final combiner
         personalize = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(announce)}),

@@ -1,0 +1,73 @@
+"""Hostile or broken sites (fedens.federation.attacks drills): the coordinator rejects corrupt
+updates and goes on with the others; robust strategies resist what FedAvg does not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, RecordDict
+from small_federation import federate, final_state
+
+from fedens.federation import layout as L
+from fedens.federation.attacks import attacked
+from fedens.federation.ensemble.rounds import update_problem
+
+
+def reply_with(state):
+    return Message(RecordDict({"arrays": ArrayRecord(state)}), dst_node_id=1, message_type="train")
+
+
+def test_update_problem_names_what_is_wrong():
+    g = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
+    honest = {"w": torch.full((2, 3), 0.1), "b": torch.full((3,), -0.1)}
+    current = ArrayRecord(g)
+    assert update_problem(current, reply_with(honest), 10.0) == ""
+    for kind, said in (("nan", "parameter 'w' has non-finite values"),
+                       ("inf", "parameter 'w' has non-finite values"),
+                       ("shape", "parameter 'w' has shape (7,), expected (2, 3)")):
+        assert update_problem(current, reply_with(attacked(kind, g, honest, 10.0, seed=0)), 10.0) == said
+    far = attacked("scale", g, honest, 1e4, seed=0)  # the step 1e4 times: norm 1e4 * sqrt(0.09)
+    assert update_problem(current, reply_with(far), 10.0) == \
+        "update norm 3e+03 exceeds federation.max_update_norm=10"
+    assert "differ from the global ones" in update_problem(current, reply_with({"w": honest["w"]}), 10.0)
+
+
+@pytest.mark.parametrize("kind, said", [("nan", "non-finite values"), ("shape", "has shape"),
+                                        ("scale", "exceeds federation.max_update_norm=100")])
+def test_a_corrupt_update_is_rejected_and_the_round_aggregates_the_others(prepared_cfg, run_dir, tmp_path,
+                                                                          kind, said):
+    import shutil
+
+    cfg, _ = prepared_cfg
+    shutil.copytree(run_dir, tmp_path / "without")
+    report = federate(cfg, run_dir, **{L.ATTACK_KIND: kind, L.ATTACK_SITES: "1", L.ATTACK_SCALE: 1e6,
+                                       L.NUM_ROUNDS: 2})
+    for server_round in ("1", "2"):
+        (failure,) = report["failures"][server_round]
+        assert failure["site"] == 1 and failure["kind"] == "rejected-update" and said in failure["reason"]
+        assert set(report["sites"][server_round]) == {"0", "2"}
+    # the same as a federation in which site 1 never replied
+    federate(cfg, tmp_path / "without", **{L.INJECT_FAULTS: "1:1:raise,1:2:raise", L.NUM_ROUNDS: 2})
+    for key, value in final_state(run_dir).items():
+        assert torch.equal(value, final_state(tmp_path / "without")[key]), key
+
+
+def test_fedmedian_resists_a_sign_flipping_site_that_fedavg_follows(prepared_cfg, run_dir, tmp_path):
+    import shutil
+
+    cfg, _ = prepared_cfg
+    runs = {name: tmp_path / name for name in ("honest", "fedavg", "median")}
+    for folder in runs.values():
+        shutil.copytree(run_dir, folder)
+    attack = {L.ATTACK_KIND: "signflip", L.ATTACK_SITES: "1", L.ATTACK_SCALE: 10.0, L.NUM_ROUNDS: 2}
+    federate(cfg, runs["honest"], **{L.NUM_ROUNDS: 2})
+    federate(cfg, runs["fedavg"], **attack)
+    federate(cfg, runs["median"], **{**attack, L.STRATEGY: "FedMedian"})
+
+    def distance(a, b):
+        sa, sb = final_state(a), final_state(b)
+        return float(np.sqrt(sum(((sa[k] - sb[k]) ** 2).sum() for k in ("router.weight", "router.bias"))))
+
+    followed, resisted = distance(runs["fedavg"], runs["honest"]), distance(runs["median"], runs["honest"])
+    assert resisted < followed / 3, (resisted, followed)
