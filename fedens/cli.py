@@ -20,8 +20,8 @@ USAGE = """usage: fedens run [KEY=VALUE ...] [-m] [hydra flags]
        fedens summarize DIR
        fedens --version
 
-  run     run an experiment (default: experiment=quickstart); `fedens run --help` for more
-  ledger  epsilon spent and left per site of a run; `fedens ledger --help` for more
+  run        run an experiment (default: experiment=quickstart); `fedens run --help` for more
+  ledger     epsilon spent and left per site of a run; `fedens ledger --help` for more
   summarize  the runs under DIR (e.g. a multirun sweep) as tables, and accuracy against epsilon"""
 
 
