@@ -11,7 +11,6 @@ ledger, its cache).
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from collections.abc import Callable
@@ -62,6 +61,7 @@ from fedens.runs import FederationFailed, Pipeline, RunContext, federation_failu
 from fedens.runs.backends import FlowerApps, federate
 from fedens.runs.console import console, fmt
 from fedens.runs.intervals import METHOD, accuracy_interval, difference_interval
+from fedens.runs.plots import new_figure, png_bytes
 from fedens.runs.results import epsilon_max, site_ledger_summaries, write_csv
 
 
@@ -536,28 +536,16 @@ def with_baseline_columns(rows: list[dict[str, Any]], baselines: dict[str, float
 
 
 def plot(path: Path, rows: list[dict[str, Any]], form: Any, c: DictConfig) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Accuracy per round, the baselines as horizontal lines."""
+    fig, ax = new_figure()
     rounds = [r["round"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, label, style in form.plot_series(c):
         ax.plot(rounds, [r[key] for r in rows], style, label=label)
     styles = ("m--", "c--", "g:", "k-", "b:", "r:")
     for key, style in zip(BASELINE_COLUMNS, styles, strict=True):
         ax.axhline(rows[0][key], linestyle=style[1:], color=style[0],
                    label=key.replace("_accuracy", "").replace("_", " "))
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, png_bytes(fig, ax, "round", "test accuracy", legend="lower right"))
 
 
 @register_pipeline

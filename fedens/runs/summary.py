@@ -7,7 +7,6 @@ run did not report, except means and standard deviations over seeds.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Iterable
@@ -132,16 +131,13 @@ PLOT_LINES = (("DP", "router (dense), federated DP", "o-"), ("top-k", "router to
 
 def plot_against_epsilon(summary: list[dict[str, Any]]) -> bytes:
     """PNG: mean ± sd over seeds of each line against ε (one setting per ε)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedens.runs.plots import new_figure, png_bytes
 
     epsilons = [e["epsilon"] for e in summary]
     if None in epsilons or len(set(epsilons)) != len(epsilons) or len(epsilons) < 2:
         raise ValueError("a plot against ε needs runs that differ only in privacy.epsilon and seed, "
                          f"with at least two ε; got settings {[e['setting'] for e in summary]}")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure()
     for column, label, style in PLOT_LINES:
         points = [(e["epsilon"], *e[column]) for e in summary if e.get(column)]
         if not points:
@@ -150,12 +146,4 @@ def plot_against_epsilon(summary: list[dict[str, Any]]) -> bytes:
         ax.errorbar(x, mean, yerr=[s or 0.0 for s in sd], fmt=style, capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
-    ax.set_xlabel("ε per site (δ = 1e-5)")
-    ax.set_ylabel("test accuracy (mean ± sd over seeds)")
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig, ax, "ε per site (δ = 1e-5)", "test accuracy (mean ± sd over seeds)")

@@ -36,7 +36,7 @@ def settings(run_dir, rounds=3, target=4.0, budget=4.0):
             L.TARGET_EPSILON: target, L.BUDGET_EPSILON: budget, L.DELTA: 1e-5,
             L.MAX_GRAD_NORM: 1.0, L.SEED: 0,
             L.TASK_SCHEMA: json.dumps({"num_features": 64, "num_classes": 10}), L.INJECT_FAULTS: "",
-            L.HOLDOUT: 0.0}
+            L.HOLDOUT: 0.0, L.ATTACK_KIND: "none", L.ATTACK_SITES: "", L.ATTACK_SCALE: 1.0}
 
 
 def initial_trainable(run_dir):
