@@ -37,6 +37,11 @@ def write_atomic(path: str | Path, content: str | bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+        folder = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power cut
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
