@@ -261,7 +261,14 @@ SUMMARIZE_USAGE = """usage: fedens summarize DIR
 
 def summarize_command(args: list[str]) -> None:
     from fedens.files import write_atomic
-    from fedens.runs.summary import collect, over_seeds, plot_against_epsilon, runs_table, seeds_table
+    from fedens.runs.summary import (
+        collect,
+        over_seeds,
+        plot_against_epsilon,
+        plottable,
+        runs_table,
+        seeds_table,
+    )
 
     if any(a in ("-h", "--help") for a in args):
         print(SUMMARIZE_USAGE)
@@ -275,8 +282,7 @@ def summarize_command(args: list[str]) -> None:
         fail(f"no results.json under {root}: expected a directory of fedens runs")
     summary = over_seeds(rows)
     print(runs_table(rows), "", "mean ± sd over seeds:", seeds_table(summary), sep="\n")
-    epsilons = {e["epsilon"] for e in summary}
-    if len(summary) > 1 and len(epsilons) == len(summary) and None not in epsilons:
+    if plottable(summary):
         write_atomic(root / "accuracy_vs_epsilon.png", plot_against_epsilon(summary))
         print(f"\nplot  {root / 'accuracy_vs_epsilon.png'}")
 

@@ -179,7 +179,6 @@ EXPERTS_SCHEMA = Schema([
 ])
 
 
-
 def _private_labels(cfg: DictConfig) -> np.ndarray:
     return load_task(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction, cfg.seed).private.y
 

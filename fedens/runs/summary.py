@@ -129,12 +129,18 @@ PLOT_LINES = (("DP", "router (dense), federated DP", "o-"), ("top-k", "router to
               ("uniform", "uniform mean", "b:"), ("best single", "best single expert", "r:"))
 
 
+def plottable(summary: list[dict[str, Any]]) -> bool:
+    """The settings differ only in ε (and seed), with at least two ε: a plot against ε."""
+    epsilons = [e["epsilon"] for e in summary]
+    return None not in epsilons and len(set(epsilons)) == len(epsilons) >= 2
+
+
 def plot_against_epsilon(summary: list[dict[str, Any]]) -> bytes:
     """PNG: mean ± sd over seeds of each line against ε (one setting per ε)."""
     from fedens.runs.plots import new_figure, png_bytes
 
     epsilons = [e["epsilon"] for e in summary]
-    if None in epsilons or len(set(epsilons)) != len(epsilons) or len(epsilons) < 2:
+    if not plottable(summary):
         raise ValueError("a plot against ε needs runs that differ only in privacy.epsilon and seed, "
                          f"with at least two ε; got settings {[e['setting'] for e in summary]}")
     fig, ax = new_figure()

@@ -21,7 +21,7 @@ def reply_with(state):
 def test_update_problem_names_what_is_wrong():
     g = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
     honest = {"w": torch.full((2, 3), 0.1), "b": torch.full((3,), -0.1)}
-    current = ArrayRecord(g)
+    current = {k: v.numpy() for k, v in g.items()}
     assert update_problem(current, reply_with(honest), 10.0) == ""
     for kind, said in (("nan", "parameter 'w' has non-finite values"),
                        ("inf", "parameter 'w' has non-finite values"),

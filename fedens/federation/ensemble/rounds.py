@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,14 +40,13 @@ class RoundOutcome:
     aggregated: bool
 
 
-def update_problem(current: ArrayRecord, reply: Message, max_update_norm: float) -> str:
+def update_problem(want: Mapping[str, np.ndarray], reply: Message, max_update_norm: float) -> str:
     """What is wrong with the update in ``reply`` ("" if nothing): names, shapes, finiteness and
-    its distance from ``current``."""
+    its distance from the global parameters ``want``."""
     records = list(reply.content.array_records.values())
     if len(records) != 1:
         return f"expected one ArrayRecord of parameters, got {len(records)}"
     sent = {k: v.numpy() for k, v in records[0].items()}
-    want = {k: v.numpy() for k, v in current.items()}
     if set(sent) != set(want):
         return f"parameters {sorted(set(sent) ^ set(want))} differ from the global ones {sorted(want)}"
     for key, value in sent.items():
@@ -65,9 +64,9 @@ def checked_replies(grid: SiteGrid, current: ArrayRecord, replies: list[Message]
                     max_update_norm: float) -> list[Message]:
     """The valid replies whose updates pass :func:`update_problem`; the others are recorded as
     failures on ``grid`` (kind ``rejected-update``)."""
-    accepted = []
+    accepted, want = [], {k: v.numpy() for k, v in current.items()}
     for reply in (r for r in replies if not r.has_error()):
-        if problem := update_problem(current, reply, max_update_norm):
+        if problem := update_problem(want, reply, max_update_norm):
             node = reply.metadata.src_node_id
             site = grid.site_of.get(node)
             grid.failures.append(Failure(site, node, "rejected-update", f"site {site}: {problem}"))
