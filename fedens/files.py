@@ -10,6 +10,7 @@ imports nothing from fedens.
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 from pathlib import Path
@@ -68,3 +69,77 @@ def torch_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+# A container that runs no code when read. Pickles (and ``torch.load`` without ``weights_only``)
+# can run any code a file names; checkpoints and what a site receives are read with this instead.
+_STATE_JSON = "__state__"
+
+
+def state_bytes(state: Any) -> bytes:
+    """``state`` as one ``.npz`` that runs no code when read (:func:`read_state`): the structure
+    as JSON, every NumPy array an entry of its own. ``state`` holds JSON values, tuples, dicts
+    (keys str or int) and NumPy arrays and scalars; TypeError names the first part that is not.
+
+    Examples
+    --------
+    >>> state = {"round": 3, "m": {"w": np.ones(2)}, "shape": (2, 3), 7: None}
+    >>> back = read_state(state_bytes(state))
+    >>> back["round"], back["m"]["w"].tolist(), back["shape"], back[7]
+    (3, [1.0, 1.0], (2, 3), None)
+    """
+    arrays: dict[str, np.ndarray] = {}
+
+    def encode(value: Any, where: str) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            if value.dtype == object:
+                raise TypeError(f"{where}: an object array cannot be stored without code")
+            name = f"a{len(arrays)}"
+            arrays[name] = value
+            return {"__array__": name}
+        if isinstance(value, list):
+            return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, tuple):
+            return {"__tuple__": [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+        if isinstance(value, dict):
+            bad = [k for k in value if not isinstance(k, (str, int)) or isinstance(k, bool)]
+            if bad:
+                raise TypeError(f"{where}: dict key {bad[0]!r} is not a str or an int")
+            return {"__dict__": [[k, encode(v, f"{where}[{k!r}]")] for k, v in value.items()]}
+        raise TypeError(f"{where}: {type(value).__name__} cannot be stored without code "
+                        "(expected JSON values, tuples, dicts, NumPy arrays)")
+
+    structure = json.dumps(encode(state, "state"))
+    return npz_bytes(**arrays, **{_STATE_JSON: np.frombuffer(structure.encode(), dtype=np.uint8)})
+
+
+def read_state(data: bytes) -> Any:
+    """What :func:`state_bytes` wrote; ValueError if ``data`` is not such a file. NumPy reads it
+    with ``allow_pickle=False``: no code runs."""
+    if not data.startswith(b"PK\x03\x04"):  # np.load would take other bytes for a pickle, and refuse
+        raise ValueError("not a fedens state file (not an .npz archive)")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        structure = json.loads(arrays.pop(_STATE_JSON).tobytes().decode())
+    except Exception as error:  # zipfile, NumPy and JSON each raise their own kinds
+        said = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"not a fedens state file ({type(error).__name__}{': ' + said if said else ''})"
+                         ) from None
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "__array__" in value:
+            return arrays[value["__array__"]]
+        if "__tuple__" in value:
+            return tuple(decode(v) for v in value["__tuple__"])
+        return {k: decode(v) for k, v in value["__dict__"]}
+
+    return decode(structure)

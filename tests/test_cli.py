@@ -8,6 +8,7 @@ calls the same ``fedens.cli.main`` in this process, with its output and exit cod
 import contextlib
 import io
 import os
+import pickle
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from fedens.cli import main
+from fedens.files import state_bytes
 
 
 def fedens_process(*args, cwd, path_first=None):
@@ -61,6 +63,7 @@ BAD_INPUT = [
     ("federation.num_cpus=abc", ["invalid federation.num_cpus='abc'", "an integer >= 1"]),
     ("+foo=1", ["unknown config key 'foo' (in '+foo=1')", "federation.strategy.params"]),
     ("+data.foo=1", ["unknown config key 'data.foo' (in '+data.foo=1')"]),
+    ("federation.site_nodes=[4,5]", ["invalid federation.site_nodes=[4, 5]", "=10 distinct node ids"]),
 ]
 
 
@@ -231,7 +234,7 @@ def fake_run(run_dir, finished):
     ledger.charge(dpsgd_event(1.0, 0.1, 10), mechanism="dpsgd", round=1)
     ledger.close()
     (run_dir / "federation").mkdir()
-    (run_dir / "federation" / "checkpoint.pkl").write_bytes(b"checkpoint")
+    (run_dir / "federation" / "checkpoint.npz").write_bytes(b"checkpoint")
     if finished:
         (run_dir / "results.json").write_text("{}")
 
@@ -284,8 +287,10 @@ def test_resuming_a_run_whose_config_is_garbage_is_refused(tmp_path, saved, why)
 
 
 @pytest.mark.parametrize("checkpoint, why", [
-    (b"checkpoint", "is damaged (UnpicklingError: "),
-    (__import__("pickle").dumps({"round": 3}), "is not a fedens checkpoint"),
+    (b"checkpoint", "is damaged: not a fedens state file (not an .npz archive)"),
+    (pickle.dumps({"round": 3}), "is damaged: not a fedens state file (not an .npz archive)"),
+    (state_bytes({"round": 3})[:-30], "is damaged: not a fedens state file (Bad"),
+    (state_bytes({"round": 3}), "is not a fedens checkpoint"),
 ])
 def test_resuming_a_run_whose_checkpoint_is_damaged_is_refused_before_rebuilding(tmp_path, compose,
                                                                                   checkpoint, why):
@@ -294,10 +299,10 @@ def test_resuming_a_run_whose_checkpoint_is_damaged_is_refused_before_rebuilding
     run_dir = tmp_path / "run"
     fake_run(run_dir, finished=False)
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose()))
-    (run_dir / "federation" / "checkpoint.pkl").write_bytes(checkpoint)
+    (run_dir / "federation" / "checkpoint.npz").write_bytes(checkpoint)
     before = snapshot(run_dir)
     result = fedens("run", f"resume={run_dir}", cwd=tmp_path)
-    assert_one_line_exit_2(result, [f"cannot resume {run_dir}: {run_dir}/federation/checkpoint.pkl {why}",
+    assert_one_line_exit_2(result, [f"cannot resume {run_dir}: {run_dir}/federation/checkpoint.npz {why}",
                                     "expected the checkpoint its coordinator wrote"])
     assert snapshot(run_dir) == before  # no expert, site file or ledger rebuilt
 

@@ -42,3 +42,27 @@ def test_a_writer_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_pa
     # a kill mid-write leaves at most a temporary file beside the target, never in its place
     assert all(p.name.startswith(".results.json.") and p.suffix == ".tmp"
                for p in out.iterdir() if p != target)
+
+
+def test_state_files_round_trip_and_run_no_code(tmp_path):
+    import pickle
+
+    import numpy as np
+    import pytest
+
+    from fedens.files import read_state, state_bytes
+
+    state = {"round": 2, "nan": float("nan"), "moments": {"w": np.arange(6.0).reshape(2, 3)},
+             "rows": [{"site": 1, "acc": np.float32(0.5)}], "pair": ("a", 1), 3: [None, True]}
+    back = read_state(state_bytes(state))
+    assert back["round"] == 2 and np.isnan(back["nan"]) and back["pair"] == ("a", 1)
+    assert back[3] == [None, True]
+    np.testing.assert_array_equal(back["moments"]["w"], state["moments"]["w"])
+    assert back["rows"] == [{"site": 1, "acc": 0.5}]
+    with pytest.raises(TypeError, match=r"state\['where'\]: PosixPath cannot be stored without code"):
+        state_bytes({"where": tmp_path})
+    with pytest.raises(TypeError, match="object array"):
+        state_bytes({"x": np.array([tmp_path], dtype=object)})
+    for not_state in (pickle.dumps({"round": 2}), b"", state_bytes(state)[:100]):
+        with pytest.raises(ValueError, match="not a fedens state file"):
+            read_state(not_state)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -89,11 +88,46 @@ def expert_outputs(experts: Sequence[Expert], X: Any) -> np.ndarray:
     return np.stack(outputs, axis=1).astype(np.float32)
 
 
+# The experts file the coordinator ships its sites is skops (scikit-learn's secure format): loading
+# it builds objects of listed types and runs no code the file names. skops trusts scikit-learn's
+# estimators, NumPy and SciPy; these are the parts of fitted estimators it leaves to the user,
+# reviewed here: plain containers of a fitted tree's nodes and of an MLP's optimiser moments.
+EXPERTS_FORMAT = "fedens-experts/1"
+TRUSTED_TYPES = ("sklearn.tree._tree.Tree", "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+                 "sklearn.neural_network._stochastic_optimizers.SGDOptimizer")
+
+
 def save_experts(experts: Sequence[Expert], path: Path) -> None:
-    """Pickle a network of experts (written by this framework, read by its sites)."""
-    write_atomic(path, pickle.dumps(list(experts)))
+    """Write a network of scikit-learn experts as a skops file (:func:`load_experts` reads it).
+    TypeError names an expert of another kind: ship those as files of their own format."""
+    import skops.io
+
+    records = []
+    for expert in experts:
+        if not isinstance(expert, SklearnExpert):
+            raise TypeError(f"expert {getattr(expert, 'name', expert)!r} is a {type(expert).__name__}: only "
+                            "SklearnExpert networks are saved as one code-free experts file")
+        records.append({"name": expert.name, "family": expert.family, "cost": float(expert.cost),
+                        "site": expert.site, "num_classes": int(expert.num_classes),
+                        "estimator": expert.estimator})
+    write_atomic(path, skops.io.dumps({"format": EXPERTS_FORMAT, "experts": records}))
 
 
-def load_experts(path: Path) -> list[Expert]:
-    """Load experts saved by :func:`save_experts` (a trusted, self-written file)."""
-    return pickle.loads(Path(path).read_bytes())
+def load_experts(path: Path, trusted: Iterable[str] = ()) -> list[SklearnExpert]:
+    """The experts :func:`save_experts` wrote. Loading runs no code from the file; ValueError
+    names the file and any type in it beyond skops' defaults, :data:`TRUSTED_TYPES` and
+    ``trusted`` (the types its reader chooses to allow)."""
+    import skops.io
+
+    data, allowed = Path(path).read_bytes(), {*TRUSTED_TYPES, *trusted}
+    try:
+        unknown = sorted(set(skops.io.get_untrusted_types(data=data)) - allowed)
+        saved = None if unknown else skops.io.loads(data, trusted=sorted(allowed))
+    except Exception as error:  # a damaged zip, or not a skops file
+        raise ValueError(f"{path} is not a fedens experts file ({type(error).__name__}: {error})") from None
+    if unknown:
+        raise ValueError(f"{path} holds types fedens does not load unless trusted: {', '.join(unknown)}")
+    if not isinstance(saved, dict) or saved.get("format") != EXPERTS_FORMAT:
+        raise ValueError(f"{path} is not a fedens experts file (expected format {EXPERTS_FORMAT!r})")
+    return [SklearnExpert(r["estimator"], r["num_classes"], name=r["name"], family=r["family"],
+                          cost=r["cost"], site=r["site"]) for r in saved["experts"]]

@@ -143,7 +143,7 @@ class TeacherCNNs(nn.Module):
 
     @classmethod
     def load(cls, path: Path) -> TeacherCNNs:
-        saved = torch.load(path)
+        saved = torch.load(path, weights_only=True)
         config = TeacherConfig(**{**saved["config"], "channels": tuple(saved["config"]["channels"])})
         model = cls(saved["num_teachers"], config, saved["num_classes"])
         model.load_state_dict(saved["state"])

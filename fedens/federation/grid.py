@@ -78,24 +78,65 @@ class Failure:
                 "reason": self.reason}
 
 
+def parse_site_nodes(text: str) -> dict[int, int]:
+    """``"0=4021,1=977"`` (site=node id, as ``flwr supernode register`` printed it) as a dict;
+    ``""``: no binding. ValueError names an entry that is not ``site=node``."""
+    bound: dict[int, int] = {}
+    for entry in filter(None, (e.strip() for e in str(text).split(","))):
+        site, _, node = entry.partition("=")
+        if not (site.strip().isdigit() and node.strip().isdigit()):
+            raise ValueError(f"site-nodes entry {entry!r}: expected site=node-id, e.g. 0=4021")
+        bound[int(site)] = int(node)
+    return bound
+
+
 @dataclass
 class SiteGrid:
-    """A Flower ``Grid`` whose nodes are known by site number and whose failures are kept."""
+    """A Flower ``Grid`` whose nodes are known by site number and whose failures are kept.
+
+    A node's site is what it answers at the roll call. A claim is refused (failure kind
+    ``wrong-site``, once per node; the node is not asked again) when ``site_nodes`` binds the
+    site to another node id, or, without a binding, when another connected node already holds
+    the site. In deployment a node id stands for a registered public key that Flower's SuperNode
+    authentication checks on every request, so a binding makes a site's identity its key.
+    """
 
     grid: Grid
     timeout: float
     shipment: Shipment | None = None  # the shared files sites must hold (None: sites have their own)
+    site_nodes: dict[int, int] = field(default_factory=dict)  # site -> the only node id it may be
     site_of: dict[int, int] = field(default_factory=dict)
+    refused: set[int] = field(default_factory=set)
     failures: list[Failure] = field(default_factory=list)
     logged: set[tuple[int, str]] = field(default_factory=set)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
 
-    def roll_call(self, nodes: Iterable[int]) -> None:
+    def _claim(self, node: int, site: int, connected: set[int]) -> None:
+        holders = [n for n, s in self.site_of.items() if s == site and n in connected and n != node]
+        holder = holders[0] if holders else None
+        if site in self.site_nodes and self.site_nodes[site] != node:
+            why = f"the run binds site {site} to node {self.site_nodes[site]} (federation.site_nodes)"
+        elif self.site_nodes and site not in self.site_nodes:
+            why = f"federation.site_nodes binds no node to site {site}"
+        elif holder is not None:
+            why = f"node {holder} already holds site {site}"
+        else:
+            self.site_of[node] = site
+            return
+        self.refused.add(node)
+        reason = f"node {node} claims site {site}: refused, {why}"
+        log(WARNING, "fedens: %s", reason)
+        self.failures.append(Failure(site, node, "wrong-site", reason))
+
+    def roll_call(self, nodes: Iterable[int], connected: Iterable[int] = ()) -> None:
         """Ask ``nodes`` which site they are, and ship them the shared files they lack. Nodes
         that do not answer, or fail to take their files, stay unknown and are asked again when
-        the strategy next looks for nodes (while they start, that is normal; errors are logged)."""
+        the strategy next looks for nodes (while they start, that is normal; errors are logged).
+        A claim to a site bound to, or held by, another of the ``connected`` nodes is refused."""
+        nodes = list(nodes)
+        connected = {*connected, *nodes}
         config = ConfigRecord(self.shipment.announcement() if self.shipment else {})
         content: dict[str, ConfigRecord | ArrayRecord] = {"config": config}
         if self.shipment and self.shipment.inline():
@@ -104,7 +145,9 @@ class SiteGrid:
         lacking: dict[int, list[str]] = {}
         for reply in self._ask(asked):
             node = reply.metadata.src_node_id
-            self.site_of[node] = int(reply.content["metrics"]["site"])
+            self._claim(node, int(reply.content["metrics"]["site"]), connected)
+            if node not in self.site_of:
+                continue
             said = reply.content.config_records.get("config", ConfigRecord())
             if keys := [k for k in str(said.get("missing", "")).split(",") if k]:
                 lacking[node] = keys
@@ -129,8 +172,8 @@ class SiteGrid:
     def get_node_ids(self) -> list[int]:
         """Connected nodes that answered the roll call, in site order."""
         nodes = list(self.grid.get_node_ids())
-        if unknown := [n for n in nodes if n not in self.site_of]:
-            self.roll_call(unknown)
+        if unknown := [n for n in nodes if n not in self.site_of and n not in self.refused]:
+            self.roll_call(unknown, connected=nodes)
         return sorted((n for n in nodes if n in self.site_of), key=self.site_of.__getitem__)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:

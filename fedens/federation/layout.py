@@ -45,6 +45,7 @@ MAX_UPDATE_NORM = "max-update-norm"  # the coordinator rejects updates farther f
 ATTACK_KIND = "attack-kind"  # hostile-site drill (fedens.federation.attacks); "none": off
 ATTACK_SITES = "attack-sites"  # "1,5": the sites that run it
 ATTACK_SCALE = "attack-scale"
+SITE_NODES = "site-nodes"  # "0=4021,1=977": the node id each site must answer from ("": any, once)
 HOLDOUT = "personalization-holdout"  # fraction of each site's records held back (0: off)
 PERSONAL_EPOCHS = "personalization-epochs"  # local fine-tuning of the global combiner
 SITE_DP_MODE = "site-dp-mode"
@@ -80,6 +81,7 @@ PARTITION_ID = "partition-id"
 DATA_PATH = "data-path"
 LEDGER_PATH = "ledger-path"
 CONTRIBUTE = "contribute"  # false: the site switches its contribution off
+OUTBOX_PATH = "outbox-path"  # a folder: the site keeps a copy of every reply it sends (outbox.py)
 
 # Message types beyond Flower's train: the roll call that maps nodes to sites.
 ROLL_CALL = "query.site"
@@ -100,6 +102,11 @@ def site_dir(run_dir: str | Path, site: int) -> Path:
 def personalization_report_path(ledger_path: Path) -> Path:
     """Where a site keeps its own global-vs-personalised comparison (beside its ledger)."""
     return ledger_path.parent / "personalization.json"
+
+
+def experts_path(run_dir: str | Path) -> Path:
+    """The network's shared experts, as the coordinator ships them (skops: loading runs no code)."""
+    return Path(run_dir) / "experts.skops"
 
 
 def coordinator_test_path(run_dir: str | Path) -> Path:

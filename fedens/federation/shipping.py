@@ -17,7 +17,8 @@ public split (``experiment._prepare``). The protocol, on top of the roll call:
    from its cache, or from its own copy if its node_config names one, after checking the hash.
 
 The hash checks integrity against the announcement, not the coordinator's intent: a site runs
-the coordinator's shipped app code anyway (``flwr run``), and unpickles experts it sent.
+the coordinator's shipped app code (``flwr run``); the experts it sent load without running
+code from the file (skops, :func:`fedens.experts.load_experts`).
 """
 
 from __future__ import annotations

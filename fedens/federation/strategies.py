@@ -3,15 +3,18 @@
 ``make_strategy("FedProx", {"proximal_mu": 0.1}, fraction_train=...)`` builds
 ``flwr.serverapp.strategy.FedProx``. Strategy state (FedAdam's moments, an
 adaptive clipping norm, ...) is captured generically for checkpoints by
-:func:`strategy_state` and put back by :func:`restore_strategy_state`.
+:func:`strategy_state`, in values :func:`fedens.files.state_bytes` stores without code,
+and put back by :func:`restore_strategy_state`.
 """
 
 from __future__ import annotations
 
 import inspect
-import pickle
+from collections import OrderedDict
 from typing import Any
 
+import numpy as np
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.strategy import Strategy
 
@@ -47,16 +50,15 @@ def make_strategy(name: str, params: dict[str, Any], **common: Any) -> Strategy:
 
 
 def strategy_state(strategy: Strategy) -> dict[str, Any]:
-    """Every picklable, non-callable attribute of ``strategy`` (and of a wrapped one)."""
+    """Every attribute of ``strategy`` but its functions (and of a strategy it wraps), with
+    Flower's ``ArrayRecord`` as NumPy arrays: values a checkpoint stores without code."""
     state: dict[str, Any] = {}
     for key, value in vars(strategy).items():
         if isinstance(value, Strategy):
             state[key] = {"__strategy__": strategy_state(value)}
+        elif isinstance(value, ArrayRecord):
+            state[key] = {"__arrays__": [[name, array.numpy()] for name, array in value.items()]}
         elif not callable(value):
-            try:
-                pickle.dumps(value)
-            except (pickle.PicklingError, TypeError, AttributeError):
-                continue
             state[key] = value
     return state
 
@@ -65,5 +67,12 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
     for key, value in state.items():
         if isinstance(value, dict) and "__strategy__" in value:
             restore_strategy_state(getattr(strategy, key), value["__strategy__"])
+        elif isinstance(value, dict) and "__arrays__" in value:
+            setattr(strategy, key, arrays_record(value["__arrays__"]))
         else:
             setattr(strategy, key, value)
+
+
+def arrays_record(named: list[tuple[str, np.ndarray]] | list[list[Any]]) -> ArrayRecord:
+    """An ``ArrayRecord`` of ``(name, array)`` pairs, in their order."""
+    return ArrayRecord(OrderedDict((str(name), Array(np.asarray(array))) for name, array in named))

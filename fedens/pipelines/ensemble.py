@@ -4,7 +4,7 @@ trained on a public split is combined by a combiner the sites learn from their p
 its own test split, beside the baselines that isolate what the federation adds.
 
 A run directory ends up holding ``results.json``, ``metrics.csv`` (one row per round),
-``accuracy.png``, the shared ``experts.pkl`` and ``initial_combiner.pt``, the coordinator's
+``accuracy.png``, the shared ``experts.skops`` and ``initial_combiner.pt``, the coordinator's
 split and the sites' folders (in simulation, each stands for a site's own disk: its records, its
 ledger, its cache).
 """
@@ -97,6 +97,12 @@ def _adaptive_problem(cfg: DictConfig) -> str:
                                           sl.clipped_count_stddev) or ""
 
 
+def _site_nodes_ok(nodes: Any, cfg: DictConfig) -> bool:
+    ids = list(nodes)
+    return (all(is_int(n) and n >= 0 for n in ids) and len(set(ids)) == len(ids)
+            and len(ids) in (0, cfg.federation.num_sites))
+
+
 def _deployed(cfg: DictConfig) -> bool:
     return cfg.federation.backend == "deployment"
 
@@ -125,6 +131,9 @@ FEDERATION_SCHEMA = Schema([
                                                        for s in v),
          lambda cfg: f"a list of site numbers in [0, federation.num_sites={cfg.federation.num_sites})"),
     positive("federation.attack.scale"),
+    Rule("federation.site_nodes", _site_nodes_ok,
+         lambda cfg: f"[] or federation.num_sites={cfg.federation.num_sites} distinct node ids, site 0's "
+                     "first (what `flwr supernode register` printed for each site's key)"),
 ])
 PRIVACY_SCHEMA = Schema([
     Rule("privacy.delta", lambda v, cfg: is_num(v) and 0 < v < 1, "a number in (0, 1)"),
@@ -256,7 +265,7 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
     apps read, each from the config (the one source of defaults)."""
     return {
         L.RUN_DIR: str(run_dir),
-        L.EXPERTS_PATH: str(run_dir / "experts.pkl"),
+        L.EXPERTS_PATH: str(L.experts_path(run_dir)),
         L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
         L.NUM_SITES: cfg.federation.num_sites,
         L.TARGET_EPSILON: float(cfg.privacy.epsilon),
@@ -283,6 +292,7 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
         L.ATTACK_KIND: cfg.federation.attack.kind,
         L.ATTACK_SITES: ",".join(str(int(s)) for s in cfg.federation.attack.sites),
         L.ATTACK_SCALE: float(cfg.federation.attack.scale),
+        L.SITE_NODES: ",".join(f"{site}={int(n)}" for site, n in enumerate(cfg.federation.site_nodes)),
         L.PERSONAL_EPOCHS: cfg.federation.personalization.epochs,
         **plan_of(cfg).settings(cfg),
     }
@@ -312,7 +322,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         initial = federated_form(cfg.combiner.name).initial(cfg.combiner, task.public, experts, cfg.seed)
     except ValueError as error:
         raise ConfigError(f"invalid combiner: {error}") from None
-    save_experts(experts, run_dir / "experts.pkl")
+    save_experts(experts, L.experts_path(run_dir))
     write_atomic(run_dir / "initial_combiner.pt", torch_bytes(combiner_state(initial)))
     for site, records in enumerate(sites):
         L.site_dir(run_dir, site).mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from fedens.federation import layout as L
 from fedens.federation.checkpoint import checkpoint_path, read_checkpoint
 
 #: what a run directory holds once a fedens run has started in it (Hydra's .hydra/ aside)
-RUN_MARKERS = ("results.json", "sites", "federation", "coordinator", "experts.pkl")
+RUN_MARKERS = ("results.json", "sites", "federation", "coordinator", L.experts_path(".").name)
 
 
 def check_creatable(path: Path, key: str) -> None:

@@ -21,13 +21,48 @@ def test_network_of_specialised_experts_round_trips(tmp_path):
     assert [e.family for e in experts] == ["logreg", "naive_bayes", "logreg", "naive_bayes"]
     P = expert_outputs(experts, task.test.X)
     assert P.shape == (len(task.test), 4, 10)
-    save_experts(experts, tmp_path / "experts.pkl")
-    np.testing.assert_array_equal(expert_outputs(load_experts(tmp_path / "experts.pkl"), task.test.X), P)
+    save_experts(experts, tmp_path / "experts.skops")
+    np.testing.assert_array_equal(expert_outputs(load_experts(tmp_path / "experts.skops"), task.test.X), P)
     # each expert is best on its specialty classes
     for k in range(4):
         specialty = np.isin(task.test.y, [(k + j) % 10 for j in range(3)])
         correct = P[:, k].argmax(1) == task.test.y
         assert correct[specialty].mean() > correct[~specialty].mean()
+
+
+def test_every_family_ships_in_a_file_that_loads_without_code(tmp_path):
+    """The experts file is skops: every expert family loads with fedens' reviewed types only."""
+    from fedens.experts.network import EXPERT_FAMILIES
+
+    task = load_task("digits", 0.3, 0.25, seed=0)
+    families = sorted(EXPERT_FAMILIES)
+    experts = train_expert_network(task.public, 10, len(families), families, 3, 1.0, 0.3, 0)
+    save_experts(experts, tmp_path / "experts.skops")
+    back = load_experts(tmp_path / "experts.skops")
+    assert [(e.name, e.family, e.cost, e.site) for e in back] == [(e.name, e.family, e.cost, e.site)
+                                                                  for e in experts]
+    np.testing.assert_array_equal(expert_outputs(back, task.test.X), expert_outputs(experts, task.test.X))
+
+
+def test_an_experts_file_that_names_code_is_refused_before_anything_runs(tmp_path):
+    import os
+    import pickle
+
+    import skops.io
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    task = load_task("digits", 0.3, 0.25, seed=0)
+    hostile = make_pipeline(FunctionTransformer(os.system), GaussianNB())  # would run a shell command
+    path = tmp_path / "experts.skops"
+    path.write_bytes(skops.io.dumps({"format": "fedens-experts/1", "experts": [
+        {"name": "x", "family": "x", "cost": 1.0, "site": None, "num_classes": 10, "estimator": hostile}]}))
+    with pytest.raises(ValueError, match=r"holds types fedens does not load unless trusted: .*system"):
+        load_experts(path)
+    assert load_experts(path, trusted=[t for t in skops.io.get_untrusted_types(file=path)])  # a reader may
+    path.write_bytes(pickle.dumps([SklearnExpert(GaussianNB().fit(task.public.X, task.public.y), 10, "nb")]))
+    with pytest.raises(ValueError, match=r"experts.skops is not a fedens experts file"):
+        load_experts(path)  # a pickle is never opened as one
 
 
 def test_unknown_family_and_empty_network_are_named():

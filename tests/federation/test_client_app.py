@@ -20,7 +20,7 @@ from fedens.privacy.dpsgd import sample_rate_for
 def site_files(tmp_path):
     task = load_task("digits", 0.3, 0.25, seed=0)
     experts = train_expert_network(task.public, 10, 3, ["logreg", "naive_bayes"], 3, 1.0, 0.05, 0)
-    save_experts(experts, tmp_path / "experts.pkl")
+    save_experts(experts, tmp_path / "experts.skops")
     initial = GatedEnsemble.with_public_projection(task.public.X, num_experts=3, dim=8)
     torch.save(initial.state_dict(), tmp_path / "initial_combiner.pt")
     site = L.site_dir(tmp_path, 0)
@@ -30,13 +30,14 @@ def site_files(tmp_path):
 
 
 def settings(run_dir, rounds=3, target=4.0, budget=4.0):
-    return {L.RUN_DIR: str(run_dir), L.EXPERTS_PATH: str(run_dir / "experts.pkl"),
+    return {L.RUN_DIR: str(run_dir), L.EXPERTS_PATH: str(run_dir / "experts.skops"),
             L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
             L.NUM_ROUNDS: rounds, L.LOCAL_EPOCHS: 1, L.BATCH_SIZE: 16, L.LEARNING_RATE: 0.05,
             L.TARGET_EPSILON: target, L.BUDGET_EPSILON: budget, L.DELTA: 1e-5,
             L.MAX_GRAD_NORM: 1.0, L.SEED: 0,
             L.TASK_SCHEMA: json.dumps({"num_features": 64, "num_classes": 10}), L.INJECT_FAULTS: "",
-            L.HOLDOUT: 0.0, L.ATTACK_KIND: "none", L.ATTACK_SITES: "", L.ATTACK_SCALE: 1.0}
+            L.HOLDOUT: 0.0, L.ATTACK_KIND: "none", L.ATTACK_SITES: "", L.ATTACK_SCALE: 1.0,
+            L.SITE_NODES: ""}
 
 
 def initial_trainable(run_dir):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import signal
 import socket
@@ -21,7 +20,7 @@ import psutil
 import pytest
 
 from fedens.federation import layout as L
-from fedens.federation.checkpoint import checkpoint_path
+from fedens.federation.checkpoint import checkpointed_round
 from fedens.federation.deployment import DeploymentError, run_in_deployment
 from fedens.federation.shipping import sha256_file
 from fedens.privacy import PrivacyLedger
@@ -181,13 +180,6 @@ def test_unreachable_superlink_is_one_line_error(pilot, tmp_path, monkeypatch):
         run_in_deployment({L.RUN_DIR: str(tmp_path), "no-such-key": 1}, superlink="pilot")
 
 
-def checkpointed_round(run_dir: Path) -> int:
-    try:
-        with checkpoint_path(run_dir).open("rb") as f:
-            return pickle.load(f)["checkpoint"].round
-    except (FileNotFoundError, EOFError, pickle.UnpicklingError):
-        return 0
-
 
 def test_quickstart_in_deployment_resumes_and_matches_simulation(pilot, simulated_shrunk_quickstart):
     """The coordinator stops after round 1 (its ``fedens run`` killed, the run stopped at the
@@ -231,7 +223,7 @@ def test_quickstart_in_deployment_resumes_and_matches_simulation(pilot, simulate
         assert deployed["metrics"][key] == pytest.approx(simulated["metrics"][key], abs=one_query), key
     for key in ("test_nll", "weights_nll"):
         assert deployed["metrics"][key] == pytest.approx(simulated["metrics"][key], rel=1e-5), key
-    shipped = {sha256_file(pilot.run_dir / name) for name in ("experts.pkl", "initial_combiner.pt")}
+    shipped = {sha256_file(pilot.run_dir / name) for name in ("experts.skops", "initial_combiner.pt")}
     for site in map(str, range(SITES)):
         folder = L.site_dir(pilot.run_dir, int(site))
         # each SuperNode read its own data and charged its own ledger, at the paths its

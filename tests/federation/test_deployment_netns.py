@@ -46,12 +46,13 @@ def who_reads_what(hosts: Path) -> dict[str, tuple[int, str]]:
     data and its own (the control: it can); the coordinator reading its experts (it can) and a
     site's data."""
     run, data = hosts / "coordinator" / "run", lambda i: str(hosts / f"site_{i}" / "data.npz")
-    attempts = {"coordinator reads its own experts": as_user(USERS[0], "cat", str(run / "experts.pkl")),
+    attempts = {"coordinator reads its own experts": as_user(USERS[0], "cat", str(run / "experts.skops")),
                 "coordinator reads site_0's data": as_user(USERS[0], "cat", data(0))}
     for i in range(SITES):
         user, other = USERS[1 + i], (i + 1) % SITES
         attempts[f"site_{i} lists the coordinator's run"] = as_user(user, "ls", str(run))
-        attempts[f"site_{i} reads the coordinator's experts"] = as_user(user, "cat", str(run / "experts.pkl"))
+        attempts[f"site_{i} reads the coordinator's experts"] = as_user(user, "cat",
+                                                                        str(run / "experts.skops"))
         attempts[f"site_{i} reads site_{other}'s data"] = as_user(user, "cat", data(other))
         attempts[f"site_{i} reads its own data"] = as_user(user, "cat", data(i))
     return attempts
@@ -121,7 +122,7 @@ def test_rehearsal_across_hosts_matches_simulation(rehearsal, simulated_shrunk_q
         assert deployed["metrics"][key] == pytest.approx(simulated["metrics"][key], abs=one_query), key
     for key in ("test_nll", "weights_nll"):
         assert deployed["metrics"][key] == pytest.approx(simulated["metrics"][key], rel=1e-5), key
-    shipped = {sha256_file(run_dir / name) for name in ("experts.pkl", "initial_combiner.pt")}
+    shipped = {sha256_file(run_dir / name) for name in ("experts.skops", "initial_combiner.pt")}
     for i in range(SITES):
         site = hosts / f"site_{i}"
         # its ledger is in its own folder: the report carries the ε the site sent

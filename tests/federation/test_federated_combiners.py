@@ -128,7 +128,7 @@ def test_noise_free_federated_thresholds_equal_the_central_calibration(prepared,
     monkeypatch.setattr(CR, "noisy_histograms", lambda hist, z, rng: hist)
     federate(cfg, run_dir)
     federated = load_combiner(L.federation_dir(run_dir) / "global_combiner.pt")
-    experts = load_experts(run_dir / "experts.pkl")
+    experts = load_experts(run_dir / "experts.skops")
     X, y = [], []
     for site in range(NUM_SITES):
         with np.load(L.site_dir(run_dir, site) / "data.npz") as d:

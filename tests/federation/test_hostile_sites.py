@@ -3,6 +3,8 @@ updates and goes on with the others; robust strategies resist what FedAvg does n
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,8 @@ from small_federation import federate, final_state
 from fedens.federation import layout as L
 from fedens.federation.attacks import attacked
 from fedens.federation.ensemble.rounds import update_problem
+from fedens.federation.ensemble.server import coordinate
+from fedens.pipelines.ensemble import federation_settings
 
 
 def reply_with(state):
@@ -71,3 +75,44 @@ def test_fedmedian_resists_a_sign_flipping_site_that_fedavg_follows(prepared_cfg
 
     followed, resisted = distance(runs["fedavg"], runs["honest"]), distance(runs["median"], runs["honest"])
     assert resisted < followed / 3, (resisted, followed)
+
+
+def impostor_grid(settings, first: bool):
+    """The small federation's sites plus node 5000, which claims to be site 1."""
+    from flwr.app import Context
+    from in_process_grid import InProcessGrid
+    from small_federation import NUM_SITES
+
+    from fedens.federation.ensemble.client import make_client_app
+
+    grid = InProcessGrid(make_client_app(settings), NUM_SITES)
+    impostor = {5000: Context(run_id=1, node_id=5000, state=RecordDict(), run_config={},
+                              node_config={L.PARTITION_ID: 1})}
+    grid.contexts = {**impostor, **grid.contexts} if first else {**grid.contexts, **impostor}
+    return grid
+
+
+@pytest.mark.parametrize("binding", ["", "0=1000,1=1007,2=1014"])
+def test_a_node_claiming_another_sites_id_is_refused(prepared_cfg, run_dir, binding):
+    """Unbound, the second claimant of a site is refused; bound (site -> node id, what
+    `flwr supernode register` gives a site's key), a claimant from another node is refused even
+    when it answers first. The rounds go on with the real sites."""
+    cfg, _ = prepared_cfg
+    settings = {**federation_settings(cfg, run_dir), L.HOLDOUT: 0.0, L.NUM_ROUNDS: 2, L.SITE_NODES: binding}
+    coordinate(impostor_grid(settings, first=bool(binding)), settings, progress=None)
+    report = json.loads((L.federation_dir(run_dir) / "rounds.json").read_text())
+    (refusal,) = report["failures"]["1"]
+    assert refusal["node"] == 5000 and refusal["site"] == 1 and refusal["kind"] == "wrong-site"
+    assert refusal["reason"].startswith("node 5000 claims site 1: refused, ")
+    assert ("binds site 1 to node 1007" if binding else "node 1007 already holds site 1") in refusal["reason"]
+    assert report["failures"]["2"] == []  # refused once, not asked again
+    for server_round in ("1", "2"):
+        assert set(report["sites"][server_round]) == {"0", "1", "2"}
+
+
+def test_site_nodes_are_checked_before_a_run_starts():
+    from fedens.federation.grid import parse_site_nodes
+
+    assert parse_site_nodes("0=4021, 1=977") == {0: 4021, 1: 977} and parse_site_nodes("") == {}
+    with pytest.raises(ValueError, match="site-nodes entry '0:4021': expected site=node-id"):
+        parse_site_nodes("0:4021")

@@ -60,7 +60,7 @@ def remote_sites(settings, **node_config):
     run settings point at a directory they cannot see."""
     home = Path(settings[L.RUN_DIR]).parent
     nowhere = home / "not-on-this-machine"
-    site_settings = {**settings, L.RUN_DIR: str(nowhere), L.EXPERTS_PATH: str(nowhere / "experts.pkl"),
+    site_settings = {**settings, L.RUN_DIR: str(nowhere), L.EXPERTS_PATH: str(nowhere / "experts.skops"),
                      L.INITIAL_COMBINER_PATH: str(nowhere / "initial_combiner.pt")}
     grid = InProcessGrid(make_client_app(site_settings), NUM_SITES)
     for context in grid.contexts.values():
@@ -110,7 +110,7 @@ def test_an_altered_cached_file_is_detected_and_shipped_again(coordinator, tmp_p
     cfg, run_dir = coordinator
     settings = settings_of(cfg, run_dir)
     federate(remote_sites(settings), settings)
-    digest = shipping.sha256_file(run_dir / "experts.pkl")
+    digest = shipping.sha256_file(run_dir / "experts.skops")
     cached = tmp_path / "site_0" / "cache" / "shared" / digest
     cached.write_bytes(cached.read_bytes() + b"\0")
 
@@ -152,8 +152,8 @@ def test_a_file_altered_during_a_run_costs_one_round_then_is_shipped_again(coord
 def test_a_site_copy_that_differs_from_the_announced_one_is_a_one_line_error(coordinator, tmp_path):
     cfg, run_dir = coordinator
     settings = settings_of(cfg, run_dir)
-    own = tmp_path / "site_0" / "experts.pkl"
-    own.write_bytes((run_dir / "experts.pkl").read_bytes() + b"stale")
+    own = tmp_path / "site_0" / "experts.skops"
+    own.write_bytes((run_dir / "experts.skops").read_bytes() + b"stale")
     node_config = {L.PARTITION_ID: 0, L.LEDGER_PATH: str(tmp_path / "site_0" / "ledger.sqlite"),
                    L.EXPERTS_PATH: str(own)}
     digests = shipping.Shipment.of(settings).digests
@@ -166,7 +166,7 @@ def test_a_site_copy_that_differs_from_the_announced_one_is_a_one_line_error(coo
     with pytest.raises(ValueError, match=r"^site 0: node_config experts-path='.*' is not a file: expected"):
         shipping.missing(settings, node_config, digests)
 
-    shutil.copy(run_dir / "experts.pkl", own)  # a matching own copy is used and not shipped
+    shutil.copy(run_dir / "experts.skops", own)  # a matching own copy is used and not shipped
     assert shipping.missing(settings, node_config, digests) == [L.INITIAL_COMBINER_PATH]
     assert shipping.local_copy(settings, node_config, L.EXPERTS_PATH, digests[L.EXPERTS_PATH]) == own
 
@@ -201,7 +201,7 @@ def test_rounds_read_the_expert_outputs_a_site_cached_and_not_the_experts(coordi
     other = tmp_path / "other.pkl"
     other.write_bytes(b"other experts")
     X = np.zeros((2, 3))
-    assert outputs_path(tmp_path, other, X) != outputs_path(tmp_path, run_dir / "experts.pkl", X)
+    assert outputs_path(tmp_path, other, X) != outputs_path(tmp_path, run_dir / "experts.skops", X)
 
 
 def test_the_inline_limit_is_a_run_setting(compose, tmp_path):
@@ -209,9 +209,9 @@ def test_the_inline_limit_is_a_run_setting(compose, tmp_path):
     L.task_schema_path(tmp_path).parent.mkdir(parents=True)
     L.task_schema_path(tmp_path).write_text('{"num_features": 64, "num_classes": 10}')
     assert federation_settings(cfg, tmp_path)[L.SHIP_INLINE_BYTES] == 0
-    for name in ("experts.pkl", "initial_combiner.pt"):
+    for name in ("experts.skops", "initial_combiner.pt"):
         (tmp_path / name).write_bytes(b"x")
-    settings = {L.EXPERTS_PATH: str(tmp_path / "experts.pkl"),
+    settings = {L.EXPERTS_PATH: str(tmp_path / "experts.skops"),
                 L.INITIAL_COMBINER_PATH: str(tmp_path / "initial_combiner.pt"),
                 L.SHIP_INLINE_BYTES: compose().federation.ship_inline_bytes}
     assert shipping.Shipment.of(settings).inline()  # the default: 4 MiB

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 import pytest
 
 from fedens import run
-from fedens.federation.checkpoint import checkpoint_path
+from fedens.federation.checkpoint import checkpointed_round
 from fedens.privacy import PrivacyLedger
 
 SHRUNK = ["federation.num_sites=3", "federation.num_rounds=3", "combiner.central_epochs=5",
@@ -35,13 +34,6 @@ def test_a_raising_and_a_hanging_site_do_not_stop_the_run(compose, tmp_path):
     assert [r["sites_reporting"] for r in rows] == [0, 3, 1, 3]
     assert results["metrics"]["test_accuracy"] > results["baselines"]["best_single_expert_accuracy"]
 
-
-def checkpointed_round(run_dir) -> int:
-    try:
-        with checkpoint_path(run_dir).open("rb") as f:
-            return pickle.load(f)["checkpoint"].round
-    except (FileNotFoundError, EOFError, pickle.UnpicklingError):
-        return 0
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from fedens.federation import layout as L
 from fedens.federation import shipping, site_dp
 from fedens.federation.attacks import attacked
 from fedens.federation.ensemble.histograms import answer_histograms
+from fedens.federation.outbox import record_outgoing
 from fedens.federation.shipping import sha256_file
 from fedens.federation.site import SiteRequest, site_handler
 from fedens.privacy import PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
@@ -172,7 +173,7 @@ def make_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
     """The site's ClientApp; ``settings`` are defaults that ``run_config`` overrides."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     defaults = dict(settings or {})
-    app = ClientApp(mods=[site_dp.site_dp_mod])
+    app = ClientApp(mods=[record_outgoing, site_dp.site_dp_mod])  # the outbox sees what leaves
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -38,7 +38,7 @@ from flwr.serverapp import Grid
 from fedens.combiners import CascadeCombiner, combiner_state, confidence_histograms
 from fedens.experts import expert_outputs, load_experts
 from fedens.federation import layout as L
-from fedens.federation.grid import SiteGrid, wait_for_sites
+from fedens.federation.grid import SiteGrid, parse_site_nodes, wait_for_sites
 from fedens.federation.shipping import Shipment
 from fedens.federation.site import SiteRequest, site_handler
 from fedens.files import torch_bytes, write_atomic
@@ -120,7 +120,8 @@ def calibrate_federated(grid: Grid, s: Mapping[str, Any], progress: Callable[[di
     run_dir, timeout = s[L.RUN_DIR], float(s[L.ROUND_TIMEOUT])
     wait_for_sites(grid, int(s[L.MIN_SITES]), timeout)
     shipment = Shipment.of(s)  # the sites get the shared experts from here (shipping.py)
-    site_grid = SiteGrid(grid, timeout=timeout, shipment=shipment)
+    site_grid = SiteGrid(grid, timeout=timeout, shipment=shipment,
+                         site_nodes=parse_site_nodes(s[L.SITE_NODES]))
     config = ConfigRecord({"server-round": 1, **shipment.announcement()})
     ask = [Message(RecordDict({"config": config}), dst_node_id=n,
                    message_type=L.CASCADE_HISTOGRAMS) for n in site_grid.get_node_ids()]

@@ -29,7 +29,7 @@ from fedens.federation import site_dp
 from fedens.federation.checkpoint import load_checkpoint, save_checkpoint
 from fedens.federation.ensemble.histograms import calibrate_federated
 from fedens.federation.ensemble.rounds import RoundOutcome, run_rounds
-from fedens.federation.grid import SiteGrid, coordinator_app
+from fedens.federation.grid import SiteGrid, coordinator_app, parse_site_nodes
 from fedens.federation.shipping import Shipment
 from fedens.federation.strategies import make_strategy
 from fedens.files import torch_bytes, write_atomic
@@ -123,7 +123,8 @@ def train_rounds(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None, 
         evaluate(0, arrays, {}, [], False)
     shipment = Shipment.of(s)  # the sites get the shared files from here, not from our disk
     announce = shipment.announcement()
-    site_grid = SiteGrid(grid, timeout=float(s[L.ROUND_TIMEOUT]), shipment=shipment)
+    site_grid = SiteGrid(grid, timeout=float(s[L.ROUND_TIMEOUT]), shipment=shipment,
+                         site_nodes=parse_site_nodes(s[L.SITE_NODES]))
     mode = str(s[L.SITE_DP_MODE])
     arrays = run_rounds(
         strategy, site_grid, arrays, first_round=first_round, num_rounds=num_rounds,

@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from fedens.data.schema import DataSchemaError
 from fedens.experts.teachers import TeacherCNNs, TeacherConfig, label_prior_shift
 from fedens.federation import layout as L
+from fedens.federation.outbox import record_outgoing
 from fedens.federation.site import SiteRequest, site_handler
 from fedens.federation.votes import RESERVATION, as_array
 from fedens.files import write_atomic
@@ -124,7 +125,7 @@ def charge_release(request: SiteRequest) -> Message:
 def make_pate_client_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
     """The site's ClientApp for PATE; ``settings`` are defaults that ``run_config`` overrides."""
     defaults = dict(settings or {})
-    app = ClientApp()
+    app = ClientApp(mods=[record_outgoing])
 
     @app.train("teachers")
     def teachers(msg: Message, context: Context) -> Message:
