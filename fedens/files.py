@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,24 @@ def write_atomic(path: str | Path, content: str | bytes) -> None:
 
 
 def npz_bytes(**arrays: np.ndarray) -> bytes:
-    """``arrays`` in NumPy's ``.npz`` format."""
+    """``arrays`` in NumPy's ``.npz`` format, the same bytes for the same arrays."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    return reproducible_zip(buffer.getvalue())
+
+
+def reproducible_zip(data: bytes) -> bytes:
+    """The zip archive ``data`` with every entry's time set to 1980-01-01: zip writers stamp
+    entries with the time of writing, so equal contents would give files of other sha256 (and
+    a file's sha256 names it in the shipping cache and in release keys)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            with source.open(info) as entry, target.open(fixed, "w", force_zip64=True) as copy:
+                shutil.copyfileobj(entry, copy)
+    return out.getvalue()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -51,11 +51,14 @@ def make_strategy(name: str, params: dict[str, Any], **common: Any) -> Strategy:
 
 def strategy_state(strategy: Strategy) -> dict[str, Any]:
     """Every attribute of ``strategy`` but its functions (and of a strategy it wraps), with
-    Flower's ``ArrayRecord`` as NumPy arrays: values a checkpoint stores without code."""
+    Flower's ``ArrayRecord`` as NumPy arrays and an object that has a ``state_dict`` (Flower's
+    privacy accountant) as that: values a checkpoint stores without code."""
     state: dict[str, Any] = {}
     for key, value in vars(strategy).items():
         if isinstance(value, Strategy):
             state[key] = {"__strategy__": strategy_state(value)}
+        elif all(callable(getattr(value, m, None)) for m in ("state_dict", "load_state_dict")):
+            state[key] = {"__state_dict__": value.state_dict()}
         elif isinstance(value, ArrayRecord):
             state[key] = {"__arrays__": [[name, array.numpy()] for name, array in value.items()]}
         elif not callable(value):
@@ -67,6 +70,8 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
     for key, value in state.items():
         if isinstance(value, dict) and "__strategy__" in value:
             restore_strategy_state(getattr(strategy, key), value["__strategy__"])
+        elif isinstance(value, dict) and "__state_dict__" in value:
+            getattr(strategy, key).load_state_dict(value["__state_dict__"])
         elif isinstance(value, dict) and "__arrays__" in value:
             setattr(strategy, key, arrays_record(value["__arrays__"]))
         else:

@@ -71,3 +71,14 @@ def test_unknown_family_and_empty_network_are_named():
         train_expert_network(task.public, 10, 2, ["transformer"], 3, 1.0, 0.05, 0)
     with pytest.raises(ValueError, match="non-empty"):
         expert_outputs([], task.test.X)
+
+
+def test_saving_the_same_experts_twice_gives_the_same_file(tmp_path):
+    import time
+
+    task = load_task("digits", 0.3, 0.25, seed=0)
+    experts = train_expert_network(task.public, 10, 2, ["logreg", "tree"], 3, 1.0, 0.05, 0)
+    save_experts(experts, tmp_path / "a.skops")
+    time.sleep(2.1)  # zip stamps entries to 2 s
+    save_experts(experts, tmp_path / "b.skops")
+    assert (tmp_path / "a.skops").read_bytes() == (tmp_path / "b.skops").read_bytes()

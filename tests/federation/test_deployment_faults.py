@@ -138,6 +138,12 @@ def test_a_killed_supernode_and_an_impostor_leave_the_run_going_and_nothing_priv
         charged = [r["round"] for r in ledger.records()]
         ledger.close()
         assert charged in (([1], [1, 2]) if site == LOST else ([1, 2],)), (site, charged)
+    # no secret in any log: no line of any private key (the CA's, the server's, the sites')
+    secrets = {line for key in [*keys.glob("*.key"), *keys.glob("site_?")]
+               for line in key.read_text().splitlines() if len(line) > 20 and "PRIVATE KEY" not in line}
+    logs = [*tmp_path.glob("*.log"), L.federation_dir(run_dir) / "flwr.log"]
+    assert len(secrets) >= 5 and len(logs) == 7
+    assert not [(log.name, s[:8]) for log in logs for s in secrets if s in log.read_text()]
     # nothing private crossed: every reply each SuperNode sent, as it left
     initial = combiner_from_state(torch.load(run_dir / "initial_combiner.pt", weights_only=True))
     for site in range(SITES):
