@@ -1,14 +1,11 @@
-"""Flower's Deployment Engine on loopback: a SuperLink and 3 SuperNodes with TLS and SuperNode
-authentication, the shrunk quickstart through ``flwr run`` (stopped after round 1 and resumed),
-compared with the Simulation Engine. The SuperNodes' node-config names only their data, ledger
-and budget: the shared files reach them over the wire."""
+"""Flower's Deployment Engine on loopback: a SuperLink with TLS and SuperNode authentication and a
+SuperNode per site; what is refused and how a failure is said. The quickstart itself runs in
+deployment in ``test_deployment_faults.py`` (loopback, under faults) and in
+``test_deployment_netns.py`` (across hosts, compared with the Simulation Engine)."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,10 +17,7 @@ import psutil
 import pytest
 
 from fedens.federation import layout as L
-from fedens.federation.checkpoint import checkpointed_round
 from fedens.federation.deployment import DeploymentError, run_in_deployment
-from fedens.federation.shipping import sha256_file
-from fedens.privacy import PrivacyLedger
 
 pytestmark = pytest.mark.deployment
 
@@ -179,62 +173,6 @@ def test_unreachable_superlink_is_one_line_error(pilot, tmp_path, monkeypatch):
     with pytest.raises(DeploymentError, match=r"run settings \['no-such-key'\] are not declared"):
         run_in_deployment({L.RUN_DIR: str(tmp_path), "no-such-key": 1}, superlink="pilot")
 
-
-
-def test_quickstart_in_deployment_resumes_and_matches_simulation(pilot, simulated_shrunk_quickstart):
-    """The coordinator stops after round 1 (its ``fedens run`` killed, the run stopped at the
-    SuperLink); ``fedens run resume=<run dir>`` finishes it with the result of an uninterrupted
-    run in simulation. The sites get the shared experts and initial combiner over the wire."""
-    env = flower_env(pilot.home)
-    first = subprocess.Popen([sys.executable, "-m", "fedens", "run", *SHRINK, "federation=deployment",
-                              "federation.superlink=pilot", f"hydra.run.dir={pilot.run_dir}"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    deadline = time.monotonic() + 300
-    try:
-        while checkpointed_round(pilot.run_dir) < 1 and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    log = (pilot.run_dir / "federation" / "flwr.log").read_text()
-    run_id = re.search(r"Successfully started run (\d+)", log).group(1)
-    subprocess.run([str(BIN / "flwr"), "stop", run_id, "pilot"], env=env, check=True, capture_output=True,
-                   timeout=120)
-    assert checkpointed_round(pilot.run_dir) == 1 and not (pilot.run_dir / "results.json").exists()
-
-    resumed = subprocess.run([sys.executable, "-m", "fedens", "run", f"resume={pilot.run_dir}"], env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming {pilot.run_dir}" in resumed.stdout
-    deployed = json.loads((pilot.run_dir / "results.json").read_text())
-    simulated = simulated_shrunk_quickstart
-
-    assert deployed["federation"]["resumed"] is True
-    rows = json.loads((pilot.run_dir / "federation" / "rounds.json").read_text())["rounds"]
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    assert (pilot.run_dir / "federation" / "flwr.log").stat().st_size > 0
-    assert (pilot.base / "superlink.db").stat().st_size > 0  # the SuperLink's state is on disk
-    # Same seeds, same site data, same sites: the coordinator's evaluation agrees. Measured: the
-    # accuracies are identical, the NLLs differ by ~2e-7 relative (FedAvg sums the replies in
-    # arrival order). The tolerance allows one of the 450 test queries to flip on a float tie.
-    one_query = 1 / 450
-    for key in ("test_accuracy", "router_topk_accuracy", "weights_accuracy"):
-        assert deployed["metrics"][key] == pytest.approx(simulated["metrics"][key], abs=one_query), key
-    for key in ("test_nll", "weights_nll"):
-        assert deployed["metrics"][key] == pytest.approx(simulated["metrics"][key], rel=1e-5), key
-    shipped = {sha256_file(pilot.run_dir / name) for name in ("experts.skops", "initial_combiner.pt")}
-    for site in map(str, range(SITES)):
-        folder = L.site_dir(pilot.run_dir, int(site))
-        # each SuperNode read its own data and charged its own ledger, at the paths its
-        # node-config names, once per round although round 2 ran twice
-        ledger = PrivacyLedger.read(folder / "ledger.sqlite")
-        assert [r["round"] for r in ledger.records()] == [1, 2]
-        ledger.close()
-        assert deployed["privacy"]["per_site"][site]["epsilon"] == pytest.approx(
-            simulated["privacy"]["per_site"][site]["epsilon"], rel=1e-9)
-        # its node-config names no shared file: it holds the shipped copies, named by sha256
-        assert {p.name for p in (folder / "cache" / "shared").iterdir()} == shipped
 
 
 def test_failed_run_is_one_line_error(pilot, tmp_path, monkeypatch):

@@ -1,13 +1,15 @@
-"""Flower's Deployment Engine on loopback (TLS, SuperNode authentication) under faults: each site's
-node id bound to its registered key (``federation.site_nodes``), a fourth registered node that
-claims site 1, and site 2's SuperNode killed with SIGKILL while it trains round 2. Canaries are
-planted in every site's data and every SuperNode keeps an outbox of what it sends. The run goes
-on with the others; the report names the lost site and the impostor; no canary and no private
-record crossed; each ledger holds each release once."""
+"""A pilot drill on Flower's Deployment Engine on loopback (TLS, SuperNode authentication): each
+site's node id bound to its registered key (``federation.site_nodes``), a fourth registered node
+that claims site 1, the coordinator killed with SIGKILL after round 1 and resumed, then site 2's
+SuperNode killed while it trains round 2. Canaries are planted in every site's data; every
+SuperNode keeps an outbox of what it sends; the sites hold only their data and ledger and get the
+shared files over the wire. The run goes on with the others; the report names the lost site and
+the impostor; no canary and no private record crossed; each ledger holds each release once."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +33,9 @@ from test_deployment import (
 
 from fedens.combiners.state import combiner_from_state
 from fedens.federation import layout as L
+from fedens.federation.checkpoint import checkpointed_round
 from fedens.federation.outbox import read_outbox
+from fedens.federation.shipping import sha256_file
 from fedens.privacy import PrivacyLedger
 
 pytestmark = pytest.mark.deployment
@@ -66,7 +70,17 @@ def trains_received(log) -> int:
     return log.read_text().count("Receiving: train message") if log.exists() else 0
 
 
-def test_a_killed_supernode_and_an_impostor_leave_the_run_going_and_nothing_private_crosses(tmp_path):
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and everything it started (a SuperNode's ClientApp, a run's children)."""
+    for p in [*started_by(proc.pid), psutil.Process(proc.pid)]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+def test_a_pilot_survives_a_killed_coordinator_a_killed_supernode_and_an_impostor(tmp_path):
     keys, home, run_dir = tmp_path / "keys", tmp_path / "flwr", tmp_path / "run"
     subprocess.run([str(ROOT / "scripts" / "certs"), str(keys), str(SITES + 1)], check=True,
                    capture_output=True)
@@ -79,6 +93,14 @@ def test_a_killed_supernode_and_an_impostor_leave_the_run_going_and_nothing_priv
     data = [L.site_dir(run_dir, site) / "data.npz" for site in range(SITES)]
     folders = [path.parent for path in data]
     impostor = tmp_path / "impostor"
+    lost_log = tmp_path / f"site_{LOST}.log"
+
+    def coordinator(*args: str, log: str) -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, "-m", "fedens", "run", *args], env=env,
+                                      stdout=(tmp_path / log).open("w"), stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+        return procs[-1]
+
     try:
         tls = ["--ssl-ca-certfile", str(keys / "ca.crt"), "--ssl-certfile", str(keys / "server.crt"),
                "--ssl-keyfile", str(keys / "server.key")]
@@ -88,14 +110,10 @@ def test_a_killed_supernode_and_an_impostor_leave_the_run_going_and_nothing_priv
         wait_for_port(port, procs[0], tmp_path / "superlink.log")
         nodes = [register(keys, f"site_{site}", env) for site in range(SITES)]
         impostor_node = register(keys, IMPOSTOR_KEY, env)
-        coordinator = subprocess.Popen(
-            [sys.executable, "-m", "fedens", "run", *OVERRIDES, "federation=deployment",
-             "federation.superlink=link", f"federation.site_nodes=[{','.join(map(str, nodes))}]",
-             f"hydra.run.dir={run_dir}"],
-            env=env, stdout=(tmp_path / "coordinator.log").open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-        procs.append(coordinator)
-        wait_until(lambda: all(p.is_file() for p in data), 300, "the site files were written", coordinator)
+        first = coordinator(*OVERRIDES, "federation=deployment", "federation.superlink=link",
+                            f"federation.site_nodes=[{','.join(map(str, nodes))}]",
+                            f"hydra.run.dir={run_dir}", log="coordinator.log")
+        wait_until(lambda: all(p.is_file() for p in data), 300, "the site files were written", first)
         records = [plant_canaries(path) for path in data]  # before any SuperNode reads its data
         for site in range(SITES):
             procs.append(start(supernode_args(keys, address, f"site_{site}", node_config(site, data[site],
@@ -106,43 +124,56 @@ def test_a_killed_supernode_and_an_impostor_leave_the_run_going_and_nothing_priv
         procs.append(start(supernode_args(keys, address, IMPOSTOR_KEY, node_config(1, data[1], impostor)),
                            tmp_path / "impostor.log", flower_env(impostor)))
 
-        wait_until(lambda: trains_received(tmp_path / f"site_{LOST}.log") >= 2, 600,
-                   f"site {LOST} received round 2", coordinator)
-        for p in [*started_by(lost.pid), psutil.Process(lost.pid)]:  # the SuperNode and its ClientApp
-            p.send_signal(signal.SIGKILL)
-        lost.wait(timeout=30)
-        coordinator.wait(timeout=900)
-        said = (tmp_path / "coordinator.log").read_text()
-        assert coordinator.returncode == 0, said[-3000:]
+        # 1. the coordinator killed once round 1 is checkpointed, its run stopped at the SuperLink
+        wait_until(lambda: checkpointed_round(run_dir) >= 1, 600, "round 1 was checkpointed", first)
+        kill(first)
+        run_id = re.search(r"Successfully started run (\d+)",
+                           (L.federation_dir(run_dir) / "flwr.log").read_text()).group(1)
+        subprocess.run([str(BIN / "flwr"), "stop", run_id, "link"], env=env, check=True, capture_output=True,
+                       timeout=120)
+        assert checkpointed_round(run_dir) == 1 and not (run_dir / "results.json").exists()
+        # 2. resumed; site 2's SuperNode killed with its ClientApp as soon as it gets round 2
+        trained = trains_received(lost_log)
+        resumed = coordinator(f"resume={run_dir}", log="resumed.log")
+        wait_until(lambda: trains_received(lost_log) > trained, 600, f"site {LOST} received round 2", resumed)
+        kill(lost)
+        resumed.wait(timeout=900)
+        said = (tmp_path / "resumed.log").read_text()
+        assert resumed.returncode == 0, said[-3000:]
     finally:
         stop(*procs)
 
     results = json.loads((run_dir / "results.json").read_text())
     failures = results["federation"]["failures"]
     rounds = json.loads((L.federation_dir(run_dir) / "rounds.json").read_text())
-    # the impostor is refused at the roll call, once, by the binding of site 1 to site 1's node
-    (refusal,) = [f for fs in failures.values() for f in fs if f["kind"] == "wrong-site"]
-    assert refusal["node"] == impostor_node and refusal["site"] == 1
-    assert f"the run binds site 1 to node {nodes[1]}" in refusal["reason"]
-    assert [e["message_type"] for e in read_outbox(impostor / "outbox")] == ["query.site"]
+    assert results["federation"]["resumed"] is True and f"resuming {run_dir}" in said
+    assert [r["round"] for r in rounds["rounds"]] == [0, 1, 2]
+    # the impostor is refused at each run's roll call by the binding of site 1 to site 1's node
+    refusals = [f for fs in failures.values() for f in fs if f["kind"] == "wrong-site"]
+    assert len(refusals) == 2 and {(f["node"], f["site"]) for f in refusals} == {(impostor_node, 1)}
+    assert all(f"the run binds site 1 to node {nodes[1]}" in f["reason"] for f in refusals)
+    assert [e["message_type"] for e in read_outbox(impostor / "outbox")] == ["query.site"] * 2
     assert not (impostor / "ledger.sqlite").exists()  # it was never asked to train
     # round 1 had every site; round 2 went on without the killed one, and the report names it
     assert set(rounds["sites"]["1"]) == {"0", "1", "2"} and set(rounds["sites"]["2"]) == {"0", "1"}
     (loss,) = [f for f in failures["2"] if f["kind"] != "wrong-site"]
     assert loss["site"] == LOST and loss["kind"] in ("timeout", "error"), loss
     assert f"site {LOST} failed" in said
-    # each ledger holds each release it made once; the killed site paid for round 1, and for
-    # round 2 at most what it reserved before it died
+    # each ledger holds each release once, though round 2 may have run twice; the killed site
+    # paid for round 1, and for round 2 only if it got that far before it died
     for site in range(SITES):
-        ledger = PrivacyLedger.read(data[site].parent / "ledger.sqlite")
+        ledger = PrivacyLedger.read(folders[site] / "ledger.sqlite")
         charged = [r["round"] for r in ledger.records()]
         ledger.close()
         assert charged in (([1], [1, 2]) if site == LOST else ([1, 2],)), (site, charged)
+        # its node config names no shared file: it holds the shipped copies, named by sha256
+        shipped = {sha256_file(run_dir / name) for name in (L.experts_path(".").name, "initial_combiner.pt")}
+        assert {p.name for p in (folders[site] / "cache" / "shared").iterdir()} == shipped
     # no secret in any log: no line of any private key (the CA's, the server's, the sites')
     secrets = {line for key in [*keys.glob("*.key"), *keys.glob("site_?")]
                for line in key.read_text().splitlines() if len(line) > 20 and "PRIVATE KEY" not in line}
     logs = [*tmp_path.glob("*.log"), L.federation_dir(run_dir) / "flwr.log"]
-    assert len(secrets) >= 5 and len(logs) == 7
+    assert len(secrets) >= 5 and len(logs) == 8
     assert not [(log.name, s[:8]) for log in logs for s in secrets if s in log.read_text()]
     # nothing private crossed: every reply each SuperNode sent, as it left
     initial = combiner_from_state(torch.load(run_dir / "initial_combiner.pt", weights_only=True))
