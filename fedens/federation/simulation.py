@@ -9,6 +9,8 @@ import warnings
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from fedens.federation.reaper import watching
+
 
 def run_in_simulation(
     server_app: ServerApp,
@@ -30,7 +32,7 @@ def run_in_simulation(
     if not verbose:  # fedens prints its own progress; failures show in its reports
         flwr_logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), watching():  # Ray's agents outlive a killed run otherwise
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(
                 server_app=server_app,
