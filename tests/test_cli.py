@@ -373,3 +373,48 @@ def test_version_and_run_help(tmp_path):
                    "pate: data=mnist", "partition: dirichlet, iid", "combiner: cascade, gated_ensemble"):
         assert listed in helped.stdout, listed
     assert "Hydra" not in helped.stdout.splitlines()[0] and not (tmp_path / "outputs").exists()
+
+
+def wine_files(folder):
+    """The wine table with a hospital column, and bad copies of it (see BAD_FILES)."""
+    import numpy as np
+    from sklearn.datasets import load_wine
+
+    from fedens.data.tables import read_table, split_rows
+
+    X, y = load_wine(return_X_y=True, as_frame=True)
+    frame = X.assign(cultivar=[f"c{v}" for v in y],
+                     hospital=np.random.default_rng(0).choice(["north", "south", "east"], size=len(X)))
+    frame.to_csv(folder / "wine.csv", index=False)
+    frame.assign(alcohol=frame["alcohol"].where(frame.index != 7)).to_csv(folder / "nan.csv", index=False)
+    _, _, test = split_rows(read_table(str(folder / "wine.csv"), "cultivar", None, None, None), 0.3, 0.25, 0)
+    frame.assign(hospital=frame["hospital"].where(~frame.index.isin(test[:2]), "tiny")).to_csv(
+        folder / "tiny.csv", index=False)  # site "tiny" holds 2 records, both in the test part
+    (folder / "wine.parquet").write_bytes((folder / "wine.csv").read_bytes())
+    return {p.name for p in folder.iterdir()}
+
+
+LOCAL = ["data=local", "data.label=cultivar", "experts.num_experts=3", "experts.specialty_classes=1"]
+BY_HOSPITAL = ["partition=natural_id", "partition.column=hospital", "federation.num_sites=3"]
+BAD_FILES = [
+    ([*LOCAL], ["invalid data.path=None: expected the path of your table"]),
+    ([*LOCAL, "data.path=nowhere.csv"], ["data.path='nowhere.csv' does not exist"]),
+    ([*LOCAL, "data.path=wine.parquet"], ["data.path='wine.parquet' is not a readable Parquet file"]),
+    ([*LOCAL, "data.path=wine.csv", "data.label=kind"], ["wine.csv has no column data.label='kind'"]),
+    ([*LOCAL, "data.path=wine.csv", "data.labels=[c0,c1]"],
+     ["wine.csv column 'cultivar' has label 'c2' (row 130): expected one of data.labels=['c0', 'c1']"]),
+    ([*LOCAL, "data.path=nan.csv"], ["nan.csv column 'alcohol' has a missing or non-finite value (row 7)"]),
+    ([*LOCAL, "data.path=tiny.csv", *BY_HOSPITAL[:2], "federation.num_sites=4"],
+     ["tiny.csv column 'hospital': site 'tiny' has no private records (its 2 went to the public or test"]),
+    ([*LOCAL, "data.path=wine.csv", *BY_HOSPITAL[:2]],
+     ["partition.column='hospital' names 3 sites ('east', 'north', 'south'): expected federation.num_sit"]),
+    (["data=digits", *BY_HOSPITAL], ["partition=natural_id reads each record's site from a column"]),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", BAD_FILES)
+def test_bad_files_are_one_line_exit_2_nothing_written(tmp_path, overrides, expected):
+    before = wine_files(tmp_path)
+    result = fedens("run", *overrides, cwd=tmp_path)
+    assert_one_line_exit_2(result, expected)
+    assert {p.name for p in tmp_path.iterdir()} == before

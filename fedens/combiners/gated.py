@@ -168,12 +168,14 @@ class GatedEnsemble(FederatedForm, TrainableCombiner):
         cls, X_public: np.ndarray, num_experts: int, dim: int, seed: int = 0, **options: object
     ) -> GatedEnsemble:
         """A GatedEnsemble whose router sees the top ``dim`` principal components of
-        *public* data (``dim=0``: the raw inputs); ``options`` go to the constructor."""
+        *public* data, or all of them if there are fewer (``dim=0``: the raw inputs);
+        ``options`` go to the constructor."""
         num_features = X_public.shape[1]
         if dim == 0:
             return cls(num_features, num_experts, **options)  # type: ignore[arg-type]
-        if not 1 <= dim <= min(X_public.shape):
-            raise ValueError(f"router input dim must be in [0, {min(X_public.shape)}], got {dim}")
+        if dim < 0:
+            raise ValueError(f"router input dim must be >= 0, got {dim}")
+        dim = min(dim, *X_public.shape)
         from sklearn.decomposition import PCA
 
         pca = PCA(n_components=dim, random_state=seed).fit(X_public)
@@ -257,11 +259,16 @@ class GatedEnsemble(FederatedForm, TrainableCombiner):
 
     def scores(self, P: np.ndarray, X: np.ndarray, y: np.ndarray, top_k: int | None = None
                ) -> dict[str, float]:
-        """Accuracy and NLL of the router (dense and top-k) and of the global weights."""
-        router_acc, router_nll = accuracy_and_nll(self.combine(P, X, "router"), y)
+        """Accuracy and NLL of the router (dense and top-k) and of the global weights; the dense
+        router's balanced accuracy (the mean of the per-class recalls) beside its accuracy."""
+        from sklearn.metrics import balanced_accuracy_score
+
+        dense = self.combine(P, X, "router")
+        router_acc, router_nll = accuracy_and_nll(dense, y)
         topk_acc, _ = accuracy_and_nll(self.combine(P, X, "router", top_k=top_k or 1), y)
         weights_acc, weights_nll = accuracy_and_nll(self.combine(P, X, "weights"), y)
         return {"router_accuracy": router_acc, "router_nll": router_nll, "router_topk_accuracy": topk_acc,
+                "router_balanced_accuracy": float(balanced_accuracy_score(y, dense.argmax(axis=1))),
                 "weights_accuracy": weights_acc, "weights_nll": weights_nll}
 
     def central_reference(self, c: Mapping[str, Any], private: Any, P_private: np.ndarray,
@@ -278,6 +285,7 @@ class GatedEnsemble(FederatedForm, TrainableCombiner):
         """The dense router's scores as the headline, the other heads beside them."""
         return {
             "metrics": {"test_accuracy": final["router_accuracy"], "test_nll": final["router_nll"],
+                        "test_balanced_accuracy": final["router_balanced_accuracy"],
                         "router_topk_accuracy": final["router_topk_accuracy"],
                         "weights_accuracy": final["weights_accuracy"], "weights_nll": final["weights_nll"]},
             "cost": {"num_experts": num_experts,

@@ -7,12 +7,14 @@ record in exactly one site.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from fedens.config_schema import Schema, integer, positive
+from fedens.config_schema import Rule, Schema, integer, positive
 from fedens.registry import Registry
 
 Partitioner = Callable[..., list[np.ndarray]]
@@ -25,14 +27,18 @@ class PartitionRegistry(Registry):
         super().__init__("partition")
         self.schemas: dict[str, Schema] = {}
         self._labels: dict[str, Callable[[Any], str]] = {}
+        self.by_column: set[str] = set()  # partitioners that read each record's site from a column
 
-    def add(self, name: str, schema: Schema | None = None,
-            label: Callable[[Any], str] | None = None) -> Callable[[Partitioner], Partitioner]:
-        """Register a partitioner; ``label(partition_cfg)`` names it with its parameters."""
+    def add(self, name: str, schema: Schema | None = None, label: Callable[[Any], str] | None = None,
+            by_column: bool = False) -> Callable[[Partitioner], Partitioner]:
+        """Register a partitioner; ``label(partition_cfg)`` names it with its parameters;
+        ``by_column``: it takes each record's site-column value as ``groups``."""
         def wrap(fn: Partitioner) -> Partitioner:
             self.register(name)(fn)  # type: ignore[arg-type]
             self.schemas[name] = schema or Schema()
             self._labels[name] = label or (lambda _cfg: name)
+            if by_column:
+                self.by_column.add(name)
             return fn
 
         return wrap
@@ -42,12 +48,19 @@ class PartitionRegistry(Registry):
         e.g. ``dirichlet(0.5)``."""
         return self._labels[partition_cfg.name](partition_cfg)
 
-    def split(self, name: str, y: np.ndarray, num_sites: int, seed: int, **params: Any) -> list[np.ndarray]:
-        """The sites' record indices by the partitioner registered as ``name``."""
+    def split(self, name: str, y: np.ndarray, num_sites: int, seed: int, groups: np.ndarray | None = None,
+              **params: Any) -> list[np.ndarray]:
+        """The sites' record indices by the partitioner registered as ``name`` (``groups``: each
+        record's site-column value, for a partitioner ``by_column``)."""
         if name not in self:
             raise ValueError(f"unknown partition {name!r}; choose from {sorted(self)}")
         if num_sites < 1:
             raise ValueError(f"num_sites must be >= 1, got {num_sites}")
+        if name in self.by_column:
+            if groups is None:
+                raise ValueError(f"partition={name} reads each record's site from a column: expected "
+                                 "data=local with partition.column naming it")
+            return self[name](np.asarray(y), num_sites, seed, groups=np.asarray(groups), **params)
         return self[name](np.asarray(y), num_sites, seed, **params)
 
 
@@ -109,3 +122,28 @@ def dirichlet_partition(
             f"no draw gave each of num_sites={num_sites} sites min_partition_size={min_partition_size} "
             f"of the {len(y)} private records at alpha={alpha:g} (flwr-datasets: {error})"
         ) from None
+
+
+@PARTITIONS.add("natural_id", Schema([
+    Rule("partition.column", lambda v, cfg: isinstance(v, str) and v.strip() != "",
+         "the name of the column that says which site holds each record"),
+]), label=lambda p: f"natural_id({p.column})", by_column=True)
+def natural_id_partition(y: np.ndarray, num_sites: int, seed: int, groups: np.ndarray,
+                         column: str) -> list[np.ndarray]:
+    """One site per distinct value of the site column (flwr-datasets' ``NaturalIdPartitioner``),
+    site ``i`` the ``i``-th value in sorted order; ``num_sites`` must be their number."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    names = sorted(set(groups.tolist()))
+    if len(names) != num_sites:
+        shown = ", ".join(map(repr, names[:4])) + (", ..." if len(names) > 4 else "")
+        raise ValueError(f"partition.column={column!r} names {len(names)} sites ({shown}): expected "
+                         f"federation.num_sites={num_sites}; set federation.num_sites={len(names)}")
+    partitioner = NaturalIdPartitioner(partition_by="site")
+    partitioner.dataset = Dataset.from_dict({"record": np.arange(len(y)), "site": groups.tolist()})
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar, once per site
+        partitioner.load_partition(0)  # maps partition ids to values on first use
+        of_name = {natural: pid for pid, natural in partitioner.partition_id_to_natural_id.items()}
+        return [np.sort(np.asarray(partitioner.load_partition(of_name[name])["record"], dtype=np.int64))
+                for name in names]

@@ -94,10 +94,13 @@ def expert_outputs(experts: Sequence[Expert], X: Any) -> np.ndarray:
 # The experts file the coordinator ships its sites is skops (scikit-learn's secure format): loading
 # it builds objects of listed types and runs no code the file names. skops trusts scikit-learn's
 # estimators, NumPy and SciPy; these are the parts of fitted estimators it leaves to the user,
-# reviewed here: plain containers of a fitted tree's nodes and of an MLP's optimiser moments.
+# reviewed here: plain containers of a fitted tree's nodes, of an MLP's optimiser moments, of a
+# nearest-neighbour index and its distance.
 EXPERTS_FORMAT = "fedens-experts/1"
 TRUSTED_TYPES = ("sklearn.tree._tree.Tree", "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-                 "sklearn.neural_network._stochastic_optimizers.SGDOptimizer")
+                 "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+                 "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",
+                 "sklearn.metrics._dist_metrics.EuclideanDistance64")
 
 
 def save_experts(experts: Sequence[Expert], path: Path) -> None:

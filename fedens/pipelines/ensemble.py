@@ -44,8 +44,9 @@ from fedens.config_schema import (
     positive,
 )
 from fedens.data import PARTITIONS, load_task
-from fedens.data.datasets import DATASETS, SplitSizes, split_sizes
+from fedens.data.datasets import DATASETS, SplitSizes, TaskData, split_sizes
 from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_devices
+from fedens.data.tables import TableError, load_table_task
 from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.experts.network import EXPERT_FAMILIES
 from fedens.federation import layout as L
@@ -151,8 +152,37 @@ PRIVACY_SCHEMA = Schema([
 ])
 
 
+def _local(cfg: DictConfig) -> bool:
+    return cfg.data.name == "local"
+
+
+def _site_column(cfg: DictConfig) -> str | None:
+    return str(cfg.partition.column) if cfg.partition.name in PARTITIONS.by_column else None
+
+
+def load_data(cfg: DictConfig) -> tuple[TaskData, np.ndarray | None]:
+    """The task, and each private record's site-column value (``data=local`` with a partition by
+    column) or None."""
+    if _local(cfg):
+        table = load_table_task(cfg.data, _site_column(cfg), cfg.seed)
+        return table.task, table.groups
+    return load_task(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction, cfg.seed), None
+
+
 def _sizes(cfg: DictConfig) -> SplitSizes:
+    if _local(cfg):
+        task, _ = load_data(cfg)
+        parts = (len(task.public), len(task.private), len(task.test))
+        return SplitSizes(sum(parts), task.num_classes, *parts)
     return split_sizes(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction)
+
+
+def _table_problem(cfg: DictConfig) -> str:
+    try:
+        load_data(cfg)
+    except TableError as error:
+        return str(error)
+    return ""
 
 
 def _part_rule(key: str, part: str, per_class: int, why: str) -> Rule:
@@ -165,10 +195,15 @@ def _part_rule(key: str, part: str, per_class: int, why: str) -> Rule:
                 lambda cfg: f"a fraction that leaves the {part} split at least {per_class} record"
                             f"{'s' if per_class > 1 else ''} per class ({why}), {needed(cfg)} of the "
                             f"{_sizes(cfg).records} {cfg.data.name} records; it leaves "
-                            f"{getattr(_sizes(cfg), part)}")
+                            f"{getattr(_sizes(cfg), part)}", when=lambda cfg: not _local(cfg))
 
 
 DATA_SCHEMA = Schema([
+    Rule("data.path", lambda v, cfg: isinstance(v, str) and v.strip() != "", "the path of your table",
+         when=_local),
+    Rule("data.label", lambda v, cfg: isinstance(v, str) and v.strip() != "", "the name of its label column",
+         when=_local),
+    one_of("data.shift", ("none",), when=_local),
     one_of("data.shift", SHIFTS),
     fraction("data.public_fraction"),
     fraction("data.test_fraction"),
@@ -177,6 +212,7 @@ DATA_SCHEMA = Schema([
     _part_rule("data.test_fraction", "test", 1, "a stratified split"),
     _part_rule("data.public_fraction", "public", 2, "the experts' and the router's training records"),
     _part_rule("data.test_fraction", "private", 1, "a stratified split"),
+    checked("data.path", _table_problem, "a table fedens can read", when=_local),
 ])
 EXPERTS_SCHEMA = Schema([
     integer("experts.num_experts"),
@@ -188,21 +224,19 @@ EXPERTS_SCHEMA = Schema([
 ])
 
 
-def _private_labels(cfg: DictConfig) -> np.ndarray:
-    return load_task(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction, cfg.seed).private.y
-
-
-def _sites(cfg: DictConfig, labels: np.ndarray) -> list[np.ndarray]:
+def _sites(cfg: DictConfig, labels: np.ndarray, groups: np.ndarray | None) -> list[np.ndarray]:
     """The sites' record indices (the config's partition of the private split)."""
     params = {k: v for k, v in OmegaConf.to_container(cfg.partition).items() if k != "name"}
-    return PARTITIONS.split(cfg.partition.name, labels, cfg.federation.num_sites, cfg.seed, **params)
+    return PARTITIONS.split(cfg.partition.name, labels, cfg.federation.num_sites, cfg.seed, groups=groups,
+                            **params)
 
 
 def _sites_problem(cfg: DictConfig) -> str:
     try:
         with warnings.catch_warnings():  # flwr-datasets warns at each draw it rejects
             warnings.simplefilter("ignore")
-            _sites(cfg, _private_labels(cfg))
+            task, groups = load_data(cfg)
+            _sites(cfg, task.private.y, groups)
     except ValueError as error:
         return str(error)
     return ""
@@ -304,8 +338,8 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
 def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Data, sites, experts and the initial combiner, and each party's files; returns what the
     report needs. In simulation ``sites/site_<i>/`` stands for site *i*'s own disk."""
-    task = load_task(cfg.data.name, cfg.data.public_fraction, cfg.data.test_fraction, cfg.seed)
-    sites = _sites(cfg, task.private.y)  # validation drew the same partition
+    task, groups = load_data(cfg)
+    sites = _sites(cfg, task.private.y, groups)  # validation drew the same partition
     task = shift_task(task, sites, cfg.data.shift, cfg.seed)
     console.print(
         f"data  {task.name}: public {len(task.public)}, private {len(task.private)} over "
@@ -335,7 +369,9 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # the experts' outputs on the splits the baselines and the comparison score, computed once
     outputs = {"test": expert_outputs(experts, task.test.X),
                "private": expert_outputs(experts, task.private.X)}
-    return {"task": task, "sites": sites, "experts": experts, "initial": initial, "outputs": outputs}
+    site_names = sorted(set(groups.tolist())) if groups is not None else None  # natural_id: site i's value
+    return {"task": task, "sites": sites, "site_names": site_names, "experts": experts, "initial": initial,
+            "outputs": outputs}
 
 
 def reference_combiners(cfg: DictConfig, prepared: dict[str, Any]) -> dict[str, Any]:
@@ -563,7 +599,7 @@ class EnsemblePipeline(Pipeline):
 
     name = "ensemble"
     groups = {
-        "data": tuple(DATASETS),
+        "data": (*DATASETS, "local"),
         "partition": tuple(PARTITIONS),
         "experts": ("mixed_families",),
         "combiner": tuple(name for name in COMBINERS if federated_form(name) is not None),
@@ -602,6 +638,7 @@ class EnsemblePipeline(Pipeline):
                 "shift": cfg.data.shift,
                 "site_devices": site_devices(cfg.data.shift, cfg.federation.num_sites),
                 "site_sizes": [len(s) for s in prepared["sites"]],
+                **({"site_names": prepared["site_names"]} if prepared["site_names"] else {}),
             },
             "combiner": cfg.combiner.name,
             **prepared["initial"].results(rounds["rounds"][-1], len(experts), cfg.combiner),

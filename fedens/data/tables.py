@@ -1,0 +1,240 @@
+"""Your own records, from a file: ``data=local data.path=FILE data.label=COLUMN``.
+
+A table (CSV, Parquet, JSON Lines, NumPy ``.npz`` with one array per column, or a folder a
+Hugging Face ``datasets.Dataset`` was saved to) becomes a task: its rows are split, stratified by
+label, into the coordinator's public and test parts and the sites' private part. Features are the
+columns named in ``data.features`` (all but the label and the site column by default): numeric
+columns are standardised with the public part's mean and deviation, text columns one-hot encoded
+with the categories of the public part (a category the public part lacks encodes as all zeros).
+Everything fitted is fitted on the public part only, which the coordinator holds anyway. Labels
+are the sorted distinct labels of the table, or ``data.labels`` if given (then any other label is
+an error). ``partition.column`` names a column that says which site holds a record (hospital,
+region); it is read here for the sites and never used as a feature.
+
+Every problem is one line naming the file, the column and what was expected, raised before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from fedens.data.datasets import Split, TaskData
+
+FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines",
+           ".npz": "NumPy .npz"}
+
+
+class TableError(ValueError):
+    """A table that cannot be a task; the message names the file, the column and what was expected."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """The rows of a file: labels as class numbers, the feature columns raw, the site column."""
+
+    path: Path
+    labels: tuple[str, ...]  # class number i is labels[i]
+    y: np.ndarray
+    columns: dict[str, np.ndarray]  # feature name -> raw values
+    groups: np.ndarray | None  # the site column's values, or None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def _read(path: Path) -> Any:
+    """The file as a pandas DataFrame, by its extension (a folder: a saved ``datasets.Dataset``)."""
+    import pandas as pd
+
+    if not path.exists():
+        raise TableError(f"data.path={str(path)!r} does not exist: expected a CSV, Parquet, JSON Lines or "
+                         ".npz file, or a folder a datasets.Dataset was saved to")
+    kind = "a datasets.Dataset folder" if path.is_dir() else FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise TableError(f"data.path={str(path)!r} has extension {path.suffix!r}: expected one of "
+                         f"{', '.join(sorted(FORMATS))} or a datasets.Dataset folder")
+    try:
+        if path.is_dir():
+            from datasets import load_from_disk
+
+            return load_from_disk(str(path)).to_pandas()
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return pd.DataFrame({name: data[name] for name in data.files})
+        return pd.read_json(path, lines=True)
+    except Exception as error:  # each reader raises its own kinds
+        said = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TableError(f"data.path={str(path)!r} is not a readable {kind} file ({said[:200]})") from None
+
+
+def _column(frame: Any, name: str, key: str, path: Path) -> np.ndarray:
+    if name not in frame.columns:
+        raise TableError(f"{path.name} has no column {key}={name!r}: its columns are "
+                         f"{', '.join(map(str, frame.columns))}")
+    return frame[name].to_numpy()
+
+
+@cache
+def read_table(path: str, label: str, features: tuple[str, ...] | None, site_column: str | None,
+               labels: tuple[str, ...] | None) -> Table:
+    """The table at ``path`` (read once per process for each setting)."""
+    file = Path(path)
+    frame = _read(file)
+    if len(frame) == 0:
+        raise TableError(f"{file.name} has no rows: expected at least one record per class")
+    raw_labels = _column(frame, label, "data.label", file)
+    if (row := _first_missing(raw_labels)) is not None:
+        raise TableError(f"{file.name} column {label!r} has no label in row {row}: expected a label per "
+                         "record")
+    as_text = [str(v.item() if isinstance(v, np.generic) else v) for v in raw_labels]
+    names = tuple(labels) if labels else tuple(sorted(set(as_text), key=_natural))
+    unknown = sorted(set(as_text) - set(names))
+    if unknown:
+        row = next(i for i, v in enumerate(as_text) if v not in names)
+        raise TableError(f"{file.name} column {label!r} has label {unknown[0]!r} (row {row}): expected "
+                         f"one of data.labels={list(names)}")
+    if len(names) < 2:
+        raise TableError(f"{file.name} column {label!r} has {len(names)} distinct label: expected at least 2")
+    index = {name: i for i, name in enumerate(names)}
+    y = np.array([index[v] for v in as_text])
+    groups = (np.array([str(v) for v in _column(frame, site_column, "partition.column", file)])
+              if site_column else None)
+    taken = {label, *([site_column] if site_column else [])}
+    chosen = list(features) if features else [c for c in frame.columns if c not in taken]
+    for name in chosen:
+        if name in taken:
+            raise TableError(f"data.features names {name!r}, the {'label' if name == label else 'site'} "
+                             "column: expected feature columns only")
+        _column(frame, name, "data.features", file)
+    if not chosen:
+        raise TableError(f"{file.name} has no feature columns besides {sorted(taken)}")
+    return Table(file, names, y.astype(np.int64), {c: frame[c].to_numpy() for c in chosen}, groups)
+
+
+def _first_missing(values: np.ndarray) -> int | None:
+    """The first row whose value is missing (None or NaN), or None."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in values]
+    return missing.index(True) if any(missing) else None
+
+
+def _natural(text: str) -> tuple[Any, ...]:
+    """Sort labels "2" before "10": numbers by value, then the rest as text."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """Feature columns -> a float32 matrix, fitted on the public rows only."""
+
+    numeric: dict[str, tuple[float, float]]  # name -> (mean, std)
+    categories: dict[str, tuple[str, ...]]  # name -> the public rows' categories
+
+    @classmethod
+    def fit(cls, table: Table, rows: np.ndarray) -> Encoder:
+        numeric, categories = {}, {}
+        for name, values in table.columns.items():
+            if _is_numeric(values):
+                column = values[rows].astype(np.float64)
+                std = float(column.std())
+                numeric[name] = (float(column.mean()), std if std > 0 else 1.0)
+            else:
+                categories[name] = tuple(sorted({str(v) for v in values[rows]}))
+        return cls(numeric, categories)
+
+    def transform(self, table: Table, rows: np.ndarray) -> np.ndarray:
+        parts = []
+        for name, values in table.columns.items():
+            if name in self.numeric:
+                mean, std = self.numeric[name]
+                parts.append(((values[rows].astype(np.float64) - mean) / std)[:, None])
+            else:
+                seen = np.array([str(v) for v in values[rows]])
+                parts.append(np.stack([seen == c for c in self.categories[name]], axis=1).astype(np.float64)
+                             if self.categories[name] else np.zeros((len(rows), 0)))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _is_numeric(values: np.ndarray) -> bool:
+    return np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)
+
+
+def check_features(table: Table) -> None:
+    """TableError naming the first numeric column with a missing or non-finite value."""
+    for name, values in table.columns.items():
+        where = f"{table.path.name} column {name!r}"
+        if _is_numeric(values) and not (finite := np.isfinite(values.astype(np.float64))).all():
+            raise TableError(f"{where} has a missing or non-finite value (row {int(np.argmin(finite))}): "
+                             "expected finite numbers (fill or drop the row)")
+        if not _is_numeric(values) and (row := _first_missing(values)) is not None:
+            raise TableError(f"{where} has a missing value (row {row}): expected a category per record")
+
+
+def split_rows(table: Table, public_fraction: float, test_fraction: float, seed: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row numbers of the public, private and test parts (stratified by label)."""
+    rows = np.arange(len(table))
+    counts = np.bincount(table.y, minlength=len(table.labels))
+    if (counts < 3).any():
+        rare = table.labels[int(np.argmin(counts))]
+        raise TableError(f"{table.path.name} has {int(counts.min())} record(s) of label {rare!r}: expected "
+                         "at least 3 per label (one each for the public, private and test parts)")
+    try:
+        rest, test = train_test_split(rows, test_size=test_fraction, stratify=table.y, random_state=seed)
+        public, private = train_test_split(rest, train_size=public_fraction / (1.0 - test_fraction),
+                                           stratify=table.y[rest], random_state=seed)
+    except ValueError as error:
+        raise TableError(f"{table.path.name}: data.public_fraction={public_fraction} and "
+                         f"data.test_fraction={test_fraction} cannot split {len(table)} records by label "
+                         f"({error})") from None
+    return np.sort(public), np.sort(private), np.sort(test)
+
+
+@dataclass(frozen=True)
+class TableTask:
+    task: TaskData
+    labels: tuple[str, ...]
+    groups: np.ndarray | None  # the private records' site-column values, or None
+    encoder: Encoder
+
+
+def load_table_task(data_cfg: Any, site_column: str | None, seed: int) -> TableTask:
+    """The task ``data=local`` describes: its table split, encoded, with the private rows' sites."""
+    features = tuple(data_cfg.features) if data_cfg.get("features") else None
+    labels = tuple(str(v) for v in data_cfg.labels) if data_cfg.get("labels") else None
+    table = read_table(str(data_cfg.path), str(data_cfg.label), features, site_column, labels)
+    check_features(table)
+    public, private, test = split_rows(table, data_cfg.public_fraction, data_cfg.test_fraction, seed)
+    public_counts = np.bincount(table.y[public], minlength=len(table.labels))
+    if (public_counts < 2).any():
+        rare = table.labels[int(np.argmin(public_counts))]
+        raise TableError(f"{table.path.name}: data.public_fraction={data_cfg.public_fraction} leaves the "
+                         f"public part {int(public_counts.min())} record(s) of label {rare!r}: expected at "
+                         "least 2 per label (the experts' and the router's training records)")
+    held = set(table.groups[private].tolist()) if table.groups is not None else set()
+    if table.groups is not None and (empty := sorted(set(table.groups.tolist()) - held)):
+        raise TableError(f"{table.path.name} column {site_column!r}: site {empty[0]!r} has no private "
+                         f"records (its {int((table.groups == empty[0]).sum())} went to the public or test "
+                         "part): expected records for every site; give it more or lower the fractions")
+    encoder = Encoder.fit(table, public)
+
+    def split(rows: np.ndarray) -> Split:
+        return Split(encoder.transform(table, rows), table.y[rows])
+
+    task = TaskData(table.path.name, len(table.labels), split(public), split(private), split(test))
+    return TableTask(task, table.labels, None if table.groups is None else table.groups[private], encoder)
