@@ -36,7 +36,7 @@ class TableError(ValueError):
     """A table that cannot be a task; the message names the file, the column and what was expected."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared (and cached) by identity: one object per file version
 class Table:
     """The rows of a file: labels as class numbers, the feature columns raw, the site column."""
 
@@ -87,10 +87,24 @@ def _column(frame: Any, name: str, key: str, path: Path) -> np.ndarray:
     return frame[name].to_numpy()
 
 
-@cache
+def _version(path: str) -> tuple[int, int] | None:
+    """What says that a file changed: its modification time and size (None: no such file)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def read_table(path: str, label: str, features: tuple[str, ...] | None, site_column: str | None,
                labels: tuple[str, ...] | None) -> Table:
-    """The table at ``path`` (read once per process for each setting)."""
+    """The table at ``path``, read once per process while the file is unchanged."""
+    return _read_table(path, _version(path), label, features, site_column, labels)
+
+
+@cache
+def _read_table(path: str, version: tuple[int, int] | None, label: str, features: tuple[str, ...] | None,
+                site_column: str | None, labels: tuple[str, ...] | None) -> Table:
     file = Path(path)
     frame = _read(file)
     if len(frame) == 0:
@@ -214,16 +228,25 @@ class TableTask:
 
 
 def load_table_task(data_cfg: Any, site_column: str | None, seed: int) -> TableTask:
-    """The task ``data=local`` describes: its table split, encoded, with the private rows' sites."""
+    """The task ``data=local`` describes: its table split, encoded, with the private rows' sites
+    (computed once per process for each setting while the file is unchanged: validation asks
+    for it rule by rule)."""
     features = tuple(data_cfg.features) if data_cfg.get("features") else None
     labels = tuple(str(v) for v in data_cfg.labels) if data_cfg.get("labels") else None
     table = read_table(str(data_cfg.path), str(data_cfg.label), features, site_column, labels)
+    return _table_task(table, float(data_cfg.public_fraction), float(data_cfg.test_fraction), site_column,
+                       seed)
+
+
+@cache
+def _table_task(table: Table, public_fraction: float, test_fraction: float, site_column: str | None,
+                seed: int) -> TableTask:
     check_features(table)
-    public, private, test = split_rows(table, data_cfg.public_fraction, data_cfg.test_fraction, seed)
+    public, private, test = split_rows(table, public_fraction, test_fraction, seed)
     public_counts = np.bincount(table.y[public], minlength=len(table.labels))
     if (public_counts < 2).any():
         rare = table.labels[int(np.argmin(public_counts))]
-        raise TableError(f"{table.path.name}: data.public_fraction={data_cfg.public_fraction} leaves the "
+        raise TableError(f"{table.path.name}: data.public_fraction={public_fraction} leaves the "
                          f"public part {int(public_counts.min())} record(s) of label {rare!r}: expected at "
                          "least 2 per label (the experts' and the router's training records)")
     held = set(table.groups[private].tolist()) if table.groups is not None else set()

@@ -109,3 +109,14 @@ def test_the_quickstart_runs_on_your_table_by_config_alone(tmp_path):
     assert sum(results["data"]["site_sizes"]) == 178 - 53 - 45  # the private part
     assert 0 < results["metrics"]["test_balanced_accuracy"] <= 1
     assert results["metrics"]["test_accuracy"] > results["baselines"]["majority_class_accuracy"]
+
+
+def test_a_table_changed_on_disk_is_read_again(tmp_path):
+    import time
+
+    frame = wine_table(tmp_path / "wine.csv")
+    first = load_table_task(data_cfg(tmp_path / "wine.csv"), None, seed=0)
+    assert load_table_task(data_cfg(tmp_path / "wine.csv"), None, seed=0) is first  # cached
+    time.sleep(0.01)
+    frame.iloc[:150].to_csv(tmp_path / "wine.csv", index=False)
+    assert len(load_table_task(data_cfg(tmp_path / "wine.csv"), None, seed=0).task.test) < len(first.task.test)
