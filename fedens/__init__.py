@@ -20,18 +20,28 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0.1.0"
 
 
-def run(cfg: Any, run_dir: Any = None, resume: bool = False) -> dict[str, Any]:
-    """Run one experiment (a config from :func:`fedens.runs.compose`); returns its results.
+def compose(overrides: Any = ()) -> Any:
+    """The config ``fedens run OVERRIDES`` would run, e.g. ``compose(["privacy.epsilon=4"])``."""
+    from fedens.runs import compose as compose_config
+
+    return compose_config(list(overrides))
+
+
+def run(cfg: Any = (), run_dir: Any = None, resume: bool = False) -> dict[str, Any]:
+    """Run one experiment and return its results (what ``results.json`` holds). ``cfg`` is a
+    config from :func:`compose` or the overrides themselves, as ``fedens run`` takes them.
 
     Examples
     --------
     >>> import fedens                                                    # doctest: +SKIP
-    >>> from fedens.runs import compose
-    >>> results = fedens.run(compose(["federation.num_rounds=2"]), run_dir="outputs/try")
+    >>> results = fedens.run(["federation.num_rounds=2"], run_dir="outputs/try")
+    >>> results["metrics"]["test_accuracy"], results["private_data"]["public_only_accuracy"]
     """
     import fedens.pipelines  # noqa: F401  (registers every pipeline)
     from fedens.runs import run as run_frame
 
+    if isinstance(cfg, (list, tuple)):
+        cfg = compose(cfg)
     return run_frame(cfg, run_dir=run_dir, resume=resume)
 
 
