@@ -27,13 +27,15 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from fedens.data.datasets import Split, TaskData
+from fedens.data.schema import DataSchemaError
 
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines",
            ".npz": "NumPy .npz"}
 
 
-class TableError(ValueError):
-    """A table that cannot be a task; the message names the file, the column and what was expected."""
+class TableError(DataSchemaError):
+    """A table that cannot be a task, or a site's table that does not fit it; the message names the
+    file, the column and what was expected."""
 
 
 @dataclass(frozen=True, eq=False)  # compared (and cached) by identity: one object per file version
@@ -225,6 +227,7 @@ class TableTask:
     labels: tuple[str, ...]
     groups: np.ndarray | None  # the private records' site-column values, or None
     encoder: Encoder
+    feature_names: tuple[str, ...]
 
 
 def load_table_task(data_cfg: Any, site_column: str | None, seed: int) -> TableTask:
@@ -260,4 +263,27 @@ def _table_task(table: Table, public_fraction: float, test_fraction: float, site
         return Split(encoder.transform(table, rows), table.y[rows])
 
     task = TaskData(table.path.name, len(table.labels), split(public), split(private), split(test))
-    return TableTask(task, table.labels, None if table.groups is None else table.groups[private], encoder)
+    return TableTask(task, table.labels, None if table.groups is None else table.groups[private], encoder,
+                     tuple(table.columns))
+
+
+def table_schema(table: TableTask, label: str) -> dict[str, Any]:
+    """What a site needs to read its own table as the task's records: the label column and set,
+    the feature columns in order and the public part's encoding (public statistics only)."""
+    return {"label": label, "labels": list(table.labels), "features": list(table.feature_names),
+            "numeric": {n: list(v) for n, v in table.encoder.numeric.items()},
+            "categories": {n: list(v) for n, v in table.encoder.categories.items()}}
+
+
+def read_site_table(path: Path, schema: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A site's own table at ``path`` as ``(X, y)`` by the coordinator's ``schema``
+    (:func:`table_schema`); TableError names the column that does not fit."""
+    table = read_table(str(path), schema["label"], tuple(schema["features"]), None, tuple(schema["labels"]))
+    check_features(table)
+    for name in schema["numeric"]:
+        if not _is_numeric(table.columns[name]):
+            raise TableError(f"{path.name} column {name!r} has dtype {table.columns[name].dtype}: expected "
+                             "numbers, as in the task's table")
+    encoder = Encoder({n: tuple(v) for n, v in schema["numeric"].items()},
+                      {n: tuple(v) for n, v in schema["categories"].items()})
+    return encoder.transform(table, np.arange(len(table))), table.y

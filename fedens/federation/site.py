@@ -83,7 +83,19 @@ class SiteRequest:
         return self.ledger_path.parent
 
     def all_records(self) -> Records:
-        """All of the site's records ``(X, y)``, checked against the task's schema."""
+        """All of the site's records ``(X, y)``, checked against the task's schema: an ``.npz``
+        of arrays ``X`` and ``y``, or, for a task from a table, a table of the site's own
+        (fedens.data.tables) read and encoded as the coordinator's schema says."""
+        table = json.loads(str(self.settings.get(L.TASK_SCHEMA) or "{}")).get("table")
+        if table and self.data_path.suffix.lower() != ".npz":
+            from fedens.data.tables import read_site_table
+
+            try:
+                X, y = read_site_table(self.data_path, table)
+            except DataSchemaError as error:
+                raise DataSchemaError(f"site {self.site}: {error}") from None
+            task_schema(self.settings).check(X, y, where=f"site {self.site}: {self.data_path.name}")
+            return X, y
         with np.load(self.data_path) as data:
             if missing := [c for c in ("X", "y") if c not in data.files]:
                 raise DataSchemaError(f"site {self.site}: {self.data_path.name} has no column "

@@ -46,7 +46,7 @@ from fedens.config_schema import (
 from fedens.data import PARTITIONS, load_task
 from fedens.data.datasets import DATASETS, SplitSizes, TaskData, split_sizes
 from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_devices
-from fedens.data.tables import TableError, load_table_task
+from fedens.data.tables import TableError, load_table_task, table_schema
 from fedens.experts import expert_outputs, save_experts, train_expert_network
 from fedens.experts.network import EXPERT_FAMILIES
 from fedens.federation import layout as L
@@ -364,8 +364,10 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                      npz_bytes(X=task.private.X[records], y=task.private.y[records]))
     L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y))
-    write_atomic(L.task_schema_path(run_dir), json.dumps(
-        {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}))
+    schema = {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}
+    if _local(cfg):  # a site may bring its own table: how to read and encode it (public statistics)
+        schema["table"] = table_schema(load_table_task(cfg.data, _site_column(cfg), cfg.seed), cfg.data.label)
+    write_atomic(L.task_schema_path(run_dir), json.dumps(schema))
     # the experts' outputs on the splits the baselines and the comparison score, computed once
     outputs = {"test": expert_outputs(experts, task.test.X),
                "private": expert_outputs(experts, task.private.X)}
