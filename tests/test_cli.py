@@ -409,6 +409,10 @@ BAD_FILES = [
     ([*LOCAL, "data.path=wine.csv", *BY_HOSPITAL[:2]],
      ["partition.column='hospital' names 3 sites ('east', 'north', 'south'): expected federation.num_sit"]),
     (["data=digits", *BY_HOSPITAL], ["partition=natural_id reads each record's site from a column"]),
+    ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[mine.skops]"],
+     ["expected expert files fedens can load: expert file 'mine.skops' does not exist"]),
+    ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[wine.csv]"],
+     ["expert file wine.csv is not a skops file"]),
 ]
 
 

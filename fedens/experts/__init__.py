@@ -6,7 +6,14 @@ Adapters, each found by its registry name from config (``make_expert(name, **kwa
 and ``openai_chat`` (:class:`OpenAIChatExpert`).
 """
 
-from fedens.experts.base import Expert, SklearnExpert, expert_outputs, load_experts, save_experts
+from fedens.experts.base import (
+    Expert,
+    SklearnExpert,
+    expert_outputs,
+    load_expert_file,
+    load_experts,
+    save_experts,
+)
 from fedens.experts.callable_expert import CallableExpert
 from fedens.experts.cost import count_macs, seconds_per_query, with_costs, with_mac_costs
 from fedens.experts.language_model import CausalLMExpert, load_causal_lm, smollm2_gguf_path
@@ -21,6 +28,7 @@ __all__ = [
     "Expert",
     "SklearnExpert",
     "expert_outputs",
+    "load_expert_file",
     "load_experts",
     "save_experts",
     "EXPERT_FAMILIES",

@@ -57,16 +57,54 @@ class SklearnExpert:
     family: str = "sklearn"
     cost: float = 1.0
     site: str | None = None
+    # An estimator fitted on a table's own columns (fedens.data.tables): the table schema that
+    # decodes the task's encoded features back into those columns, and the task's label names,
+    # which the estimator's classes_ are.
+    table: dict[str, Any] | None = None
+    label_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.num_classes = check_num_classes(self.num_classes, self.name)
         self.cost = check_cost(self.cost, self.name)
 
+    def class_columns(self) -> np.ndarray:
+        """The task's class number of each of the estimator's ``classes_``."""
+        classes = list(self.estimator.classes_)
+        if self.label_names is None:
+            return np.asarray(classes, dtype=np.int64)
+        names = [str(c.item() if isinstance(c, np.generic) else c) for c in classes]
+        if unknown := [c for c in names if c not in self.label_names]:
+            raise ValueError(f"expert {self.name!r} answers label {unknown[0]!r}: expected labels of the "
+                             f"task {list(self.label_names)}")
+        return np.array([self.label_names.index(c) for c in names], dtype=np.int64)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        raw = np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
+        inputs = X if self.table is None else decoded_table(X, self.table)
+        raw = np.asarray(self.estimator.predict_proba(inputs), dtype=np.float64)
         out = np.zeros((len(X), self.num_classes))
-        out[:, np.asarray(self.estimator.classes_, dtype=np.int64)] = raw
+        out[:, self.class_columns()] = raw
         return check_probabilities(out / out.sum(axis=1, keepdims=True), self.name, len(X), self.num_classes)
+
+
+def decoded_table(X: np.ndarray, table: dict[str, Any]) -> Any:
+    """The task's encoded features ``X`` as the table's own columns (a pandas DataFrame), by the
+    schema :func:`fedens.data.tables.table_schema` gives: numbers de-standardised (to float32
+    precision), one-hot blocks back to their category (one the public part lacks: None)."""
+    import pandas as pd
+
+    columns, at = {}, 0
+    for name in table["features"]:
+        if name in table["numeric"]:
+            mean, std = table["numeric"][name]
+            columns[name] = X[:, at].astype(np.float64) * std + mean
+            at += 1
+        else:
+            categories = table["categories"][name]
+            block = X[:, at:at + len(categories)]
+            chosen = np.where(block.max(axis=1) > 0.5, block.argmax(axis=1), len(categories))
+            columns[name] = np.array([*categories, None], dtype=object)[chosen]
+            at += len(categories)
+    return pd.DataFrame(columns)
 
 
 def expert_outputs(experts: Sequence[Expert], X: Any) -> np.ndarray:
@@ -115,7 +153,8 @@ def save_experts(experts: Sequence[Expert], path: Path) -> None:
                             "SklearnExpert networks are saved as one code-free experts file")
         records.append({"name": expert.name, "family": expert.family, "cost": float(expert.cost),
                         "site": expert.site, "num_classes": int(expert.num_classes),
-                        "estimator": expert.estimator})
+                        "estimator": expert.estimator, "table": expert.table,
+                        "label_names": list(expert.label_names) if expert.label_names else None})
     data = skops.io.dumps({"format": EXPERTS_FORMAT, "experts": records},
                           compression=zipfile.ZIP_DEFLATED)  # the quickstart's: 1.2 MB -> 385 KB
     write_atomic(path, canonical_skops(data))
@@ -163,4 +202,34 @@ def load_experts(path: Path, trusted: Iterable[str] = ()) -> list[SklearnExpert]
     if not isinstance(saved, dict) or saved.get("format") != EXPERTS_FORMAT:
         raise ValueError(f"{path} is not a fedens experts file (expected format {EXPERTS_FORMAT!r})")
     return [SklearnExpert(r["estimator"], r["num_classes"], name=r["name"], family=r["family"],
-                          cost=r["cost"], site=r["site"]) for r in saved["experts"]]
+                          cost=r["cost"], site=r["site"], table=r.get("table"),
+                          label_names=tuple(r["label_names"]) if r.get("label_names") else None)
+            for r in saved["experts"]]
+
+
+def load_expert_file(path: Path, num_classes: int, table: dict[str, Any] | None = None,
+                     label_names: tuple[str, ...] | None = None) -> SklearnExpert:
+    """A fitted scikit-learn classifier saved with ``skops.io.dump`` as an expert named by its
+    file (with ``table``: it takes the table's own columns). Loading runs no code from the file;
+    ValueError (one line) names the file and what is wrong."""
+    import skops.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"expert file {str(path)!r} does not exist: expected a skops file (skops.io.dump)")
+    data = path.read_bytes()
+    try:
+        unknown = sorted(set(skops.io.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
+        estimator = None if unknown else skops.io.loads(data, trusted=list(TRUSTED_TYPES))
+    except Exception as error:  # a damaged zip, or not a skops file
+        raise ValueError(f"expert file {path.name} is not a skops file ({type(error).__name__}: "
+                         f"{error})") from None
+    if unknown:
+        raise ValueError(f"expert file {path.name} holds types fedens does not load: {', '.join(unknown)}")
+    if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
+        raise ValueError(f"expert file {path.name} holds a {type(estimator).__name__}: expected a fitted "
+                         "classifier with predict_proba and classes_")
+    expert = SklearnExpert(estimator, num_classes, name=path.stem, family="file", table=table,
+                           label_names=label_names)
+    expert.class_columns()  # its labels are the task's, or ValueError now
+    return expert

@@ -47,7 +47,7 @@ from fedens.data import PARTITIONS, load_task
 from fedens.data.datasets import DATASETS, SplitSizes, TaskData, split_sizes
 from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_devices
 from fedens.data.tables import TableError, load_table_task, table_schema
-from fedens.experts import expert_outputs, save_experts, train_expert_network
+from fedens.experts import expert_outputs, load_expert_file, save_experts, train_expert_network
 from fedens.experts.network import EXPERT_FAMILIES
 from fedens.federation import layout as L
 from fedens.federation import site_dp
@@ -214,13 +214,51 @@ DATA_SCHEMA = Schema([
     _part_rule("data.test_fraction", "private", 1, "a stratified split"),
     checked("data.path", _table_problem, "a table fedens can read", when=_local),
 ])
+def _trained(cfg: DictConfig) -> bool:
+    return cfg.experts.name == "mixed_families"
+
+
+def _file_experts(cfg: DictConfig, task: TaskData) -> list:
+    """``experts=files``: the user's fitted classifiers, each taking the table's own columns."""
+    table = label_names = None
+    if _local(cfg):
+        table_task = load_table_task(cfg.data, _site_column(cfg), cfg.seed)
+        table, label_names = table_schema(table_task, cfg.data.label), table_task.labels
+    return [load_expert_file(Path(str(p)), task.num_classes, table, label_names) for p in cfg.experts.paths]
+
+
+def _trained_experts(cfg: DictConfig, task: TaskData) -> list:
+    """``experts=mixed_families``: a network trained here on label-skewed public slices."""
+    e = cfg.experts
+    return train_expert_network(task.public, task.num_classes, e.num_experts, list(e.families),
+                                e.specialty_classes, e.in_fraction, e.out_fraction, cfg.seed)
+
+
+#: experts.name -> how the network's experts are made (both from public or the user's own files)
+EXPERT_SOURCES: dict[str, Callable[[DictConfig, TaskData], list]] = {
+    "mixed_families": _trained_experts, "files": _file_experts}
+
+
+def _expert_files_problem(cfg: DictConfig) -> str:
+    try:
+        _file_experts(cfg, load_data(cfg)[0])
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
 EXPERTS_SCHEMA = Schema([
     integer("experts.num_experts"),
     Rule("experts.families", lambda v, cfg: len(v) >= 1 and all(f in EXPERT_FAMILIES for f in v),
-         f"a list of model families from {sorted(EXPERT_FAMILIES)}"),
-    integer("experts.specialty_classes", 1, lambda cfg: _sizes(cfg).classes, note="of the task's classes"),
-    fraction("experts.in_fraction", hi_open=False),
-    fraction("experts.out_fraction", lo_open=False, hi_open=False),
+         f"a list of model families from {sorted(EXPERT_FAMILIES)}", when=_trained),
+    integer("experts.specialty_classes", 1, lambda cfg: _sizes(cfg).classes, note="of the task's classes",
+            when=_trained),
+    fraction("experts.in_fraction", hi_open=False, when=_trained),
+    fraction("experts.out_fraction", lo_open=False, hi_open=False, when=_trained),
+    Rule("experts.paths", lambda v, cfg: len(v) >= 1 and all(isinstance(p, str) for p in v),
+         "a list of skops files, one fitted classifier each", when=lambda cfg: not _trained(cfg)),
+    checked("experts.paths", _expert_files_problem, "expert files fedens can load",
+            when=lambda cfg: not _trained(cfg)),
 ])
 
 
@@ -348,10 +386,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                    f"; the sites' records and the test split from other scanners "
                                    f"({', '.join(SCANNERS)}) than the public split")
     )
-    experts = train_expert_network(
-        task.public, task.num_classes, cfg.experts.num_experts, list(cfg.experts.families),
-        cfg.experts.specialty_classes, cfg.experts.in_fraction, cfg.experts.out_fraction, cfg.seed,
-    )
+    experts = EXPERT_SOURCES[cfg.experts.name](cfg, task)
     try:
         initial = federated_form(cfg.combiner.name).initial(cfg.combiner, task.public, experts, cfg.seed)
     except ValueError as error:
@@ -603,7 +638,7 @@ class EnsemblePipeline(Pipeline):
     groups = {
         "data": (*DATASETS, "local"),
         "partition": tuple(PARTITIONS),
-        "experts": ("mixed_families",),
+        "experts": tuple(EXPERT_SOURCES),
         "combiner": tuple(name for name in COMBINERS if federated_form(name) is not None),
         "privacy": ("dpsgd",),
         "federation": ("simulation", "deployment"),

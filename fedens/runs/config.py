@@ -6,9 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedens.config_schema import ConfigError, Rule, Schema, integer
+
+# ${len:${experts.paths}}: a count that follows a list in the config (experts=files).
+if not OmegaConf.has_resolver("len"):
+    OmegaConf.register_new_resolver("len", lambda items: len(items))
 
 #: the Hydra config groups, shipped inside the package (``pip install`` carries them)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

@@ -94,17 +94,69 @@ def test_labels_outside_the_declared_set_are_named(tmp_path):
         load_table_task(data_cfg(tmp_path / "wine.csv", labels=["cultivar_0", "cultivar_1"]), None, seed=0)
 
 
+def own_experts(frame, folder):
+    """Two classifiers an institution fitted on 60 rows of its own, on the table's own columns and
+    labels, saved with skops: a scaled logistic regression with the text column one-hot encoded,
+    and a random forest on the numbers."""
+    import skops.io
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rows = frame.sample(60, random_state=3)
+    numbers = [c for c in frame.columns if c not in ("cultivar", "hospital", "colour_band")]
+    X, y = rows[numbers + ["colour_band"]], rows["cultivar"]
+    models = {
+        "logreg": make_pipeline(ColumnTransformer([("n", StandardScaler(), numbers),
+                                                   ("t", OneHotEncoder(handle_unknown="ignore"),
+                                                    ["colour_band"])]),
+                                LogisticRegression(max_iter=1000)),
+        "forest": make_pipeline(ColumnTransformer([("n", "passthrough", numbers)]),
+                                RandomForestClassifier(n_estimators=20, random_state=0)),
+    }
+    paths = []
+    for name, model in models.items():
+        skops.io.dump(model.fit(X, y), folder / f"{name}.skops")
+        paths.append(str(folder / f"{name}.skops"))
+    return paths
+
+
+def test_your_experts_get_the_tables_own_columns_and_labels(tmp_path):
+    from fedens.data.tables import table_schema
+    from fedens.experts import expert_outputs, load_expert_file, load_experts, save_experts
+    from fedens.experts.base import decoded_table
+
+    frame = wine_table(tmp_path / "wine.csv")
+    table = load_table_task(data_cfg(tmp_path / "wine.csv"), "hospital", seed=0)
+    schema, test = table_schema(table, "cultivar"), table.task.test
+    _, _, test_rows = split_rows(read_table(str(tmp_path / "wine.csv"), "cultivar", None, "hospital", None),
+                                 0.3, 0.25, 0)
+    decoded, raw = decoded_table(test.X, schema), frame.iloc[test_rows]
+    np.testing.assert_allclose(decoded["proline"], raw["proline"], rtol=1e-5)  # to float32 precision
+    assert decoded["colour_band"].tolist() == raw["colour_band"].tolist()
+    experts = [load_expert_file(p, 3, schema, table.labels) for p in own_experts(frame, tmp_path)]
+    P = expert_outputs(experts, test.X)
+    assert P.shape == (len(test), 2, 3) and (P[:, 0].argmax(axis=1) == test.y).mean() > 0.8
+    save_experts(experts, tmp_path / "shipped.skops")  # what the coordinator ships its sites
+    np.testing.assert_array_equal(expert_outputs(load_experts(tmp_path / "shipped.skops"), test.X), P)
+
+
 @pytest.mark.slow
-def test_the_quickstart_runs_on_your_table_by_config_alone(tmp_path):
+def test_the_quickstart_runs_on_your_table_with_your_experts_by_config_alone(tmp_path):
     from fedens import run
     from fedens.runs import compose
 
-    wine_table(tmp_path / "wine.csv")
+    frame = wine_table(tmp_path / "wine.csv")
+    paths = own_experts(frame, tmp_path)
     cfg = compose(["data=local", f"data.path={tmp_path / 'wine.csv'}", "data.label=cultivar",
                    "partition=natural_id", "partition.column=hospital", "federation.num_sites=4",
-                   "federation.num_rounds=3", "experts.num_experts=4", "combiner.central_epochs=5"])
+                   "federation.num_rounds=3", "experts=files", f"experts.paths=[{','.join(paths)}]",
+                   "combiner.top_k=1", "combiner.central_epochs=5"])
     results = run(cfg, run_dir=tmp_path / "run")
     assert results["data"]["name"] == "wine.csv" and results["data"]["num_classes"] == 3
+    assert results["cost"]["num_experts"] == 2
     assert results["data"]["site_names"] == ["east", "north", "south", "west"]
     assert sum(results["data"]["site_sizes"]) == 178 - 53 - 45  # the private part
     assert 0 < results["metrics"]["test_balanced_accuracy"] <= 1
