@@ -179,10 +179,12 @@ class SiteGrid:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        answered = {r.metadata.src_node_id for r in replies}
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids set when sent
+        nodes = {m.metadata.dst_node_id for m in messages}
+        answered = {self.replier(r, nodes, asked) for r in replies}
         for reply in replies:
             if reply.has_error():
-                node = reply.metadata.src_node_id
+                node = self.replier(reply, nodes, asked)
                 code = int(reply.error.code)
                 kind = FAILURE_KINDS.get(code, "error")
                 self.failures.append(Failure(self.site_of.get(node), node, kind,
@@ -195,6 +197,14 @@ class SiteGrid:
                 self.failures.append(Failure(self.site_of.get(node), node, "timeout",
                                              f"no reply within {timeout:g} s"))
         return replies
+
+    @staticmethod
+    def replier(reply: Message, nodes: set[int], asked: Mapping[str, int]) -> int:
+        """The node a reply answers for: its sender if it was asked, or, when the SuperLink answers
+        for a node it has lost ("Node Unavailable", from its own id), the node the replied-to
+        message went to."""
+        source = reply.metadata.src_node_id
+        return source if source in nodes else asked.get(reply.metadata.reply_to_message_id, source)
 
     def take_failures(self) -> list[Failure]:
         failures, self.failures = self.failures, []

@@ -40,8 +40,15 @@ def simulate(cfg: DictConfig, settings: Mapping[str, Any], apps: FlowerApps, pro
              echo: Callable[[str], None]) -> None:
     from fedens.federation.simulation import run_in_simulation
 
-    run_in_simulation(apps.server(settings, progress), apps.client(settings), cfg.federation.num_sites,
-                      num_cpus=cfg.federation.num_cpus, verbose=cfg.federation.verbose)
+    try:
+        run_in_simulation(apps.server(settings, progress), apps.client(settings), cfg.federation.num_sites,
+                          num_cpus=cfg.federation.num_cpus, verbose=cfg.federation.verbose)
+    except Exception as error:  # noqa: BLE001
+        # Flower 1.41 re-raises a ServerApp's exception from its thread. The coordinator has
+        # recorded why (layout.failure_recorded) and the pipeline reports it in one line, as on
+        # the Deployment Engine; this line says what the engine itself said.
+        said = (str(error).splitlines() or [""])[0][:300]
+        echo(f"simulation  Flower's Simulation Engine stopped: {type(error).__name__}: {said}")
 
 
 @BACKENDS.register("deployment")  # type: ignore[arg-type]

@@ -41,3 +41,23 @@ def test_resume_errors_are_one_line(tmp_path):
     extra = subprocess.run([sys.executable, "-m", "fedens", "run", f"resume={tmp_path}", "seed=3"],
                            capture_output=True, text=True)
     assert extra.returncode == 2 and "resume takes no other overrides (got seed=3)" in extra.stderr
+
+
+@pytest.mark.slow
+def test_a_coordinator_that_raises_under_the_simulation_engine_is_reported_not_raised(compose, tmp_path):
+    """Flower 1.41's run_simulation re-raises a ServerApp's exception; the frame reports the
+    reason the coordinator recorded, in one line, as it does on the Deployment Engine."""
+    from fedens.federation import layout as L
+    from fedens.federation.ensemble.client import make_client_app
+    from fedens.federation.grid import coordinator_app
+    from fedens.runs.backends import FlowerApps, simulate
+
+    def coordinate(grid, settings, progress):
+        raise ValueError("the coordinator could not read its experts")
+
+    said = []
+    apps = FlowerApps(lambda s, p: coordinator_app(coordinate, s, p), make_client_app)
+    simulate(compose("federation.num_sites=1", "federation.num_cpus=1"), {L.RUN_DIR: str(tmp_path)}, apps,
+             None, said.append)
+    assert "the coordinator could not read its experts" in L.failure_path(tmp_path).read_text()
+    assert len(said) == 1 and said[0].startswith("simulation  Flower's Simulation Engine stopped: ")

@@ -149,7 +149,7 @@ def _drill(s: Mapping[str, Any], site: int, server_round: int) -> None:
     if fault == "raise":
         raise RuntimeError(f"site {site}: injected failure in round {server_round}")
     if fault == "hang":
-        time.sleep(2 * float(s[L.ROUND_TIMEOUT]) + 5)
+        time.sleep(float(s[L.ROUND_TIMEOUT]) + 2)  # past the coordinator's timeout for the round
 
 
 def _proximal_pull(model: GatedEnsemble, mu: float, lr: float) -> Callable[[], None] | None:
