@@ -27,6 +27,7 @@ SITES = 2
 # Each message to a SuperNode starts a ClientApp process (~12 s for 3 sites on 2 cores), so the
 # personalisation step is off here; scripts/pilot runs it in deployment.
 SHRINK = (f"federation.num_sites={SITES}", "federation.num_rounds=2", "combiner.central_epochs=5",
+          "experts.num_experts=4", "experts.families=[logreg,naive_bayes]",
           "privacy.epsilon=4", "federation.personalization.holdout=0")
 
 

@@ -46,6 +46,7 @@ IMPOSTOR_KEY = f"site_{SITES}"  # registered, but bound to no site
 # (Flower 1.41: 2 x 30 s); the round timeout is longer, so a healthy site on this shared 2-core
 # machine has all of it to start its ClientApp and train.
 OVERRIDES = [f"federation.num_sites={SITES}", "federation.num_rounds=2", "combiner.central_epochs=5",
+             "experts.num_experts=4", "experts.families=[logreg,naive_bayes]",
              "privacy.epsilon=4", "federation.personalization.holdout=0", "federation.round_timeout=150"]
 
 
