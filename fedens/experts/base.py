@@ -14,7 +14,7 @@ import numpy as np
 
 from fedens.experts.registry import register_expert
 from fedens.experts.validation import check_cost, check_num_classes, check_probabilities
-from fedens.files import write_atomic
+from fedens.files import reproducible_zip, write_atomic
 
 
 @runtime_checkable
@@ -164,8 +164,8 @@ def canonical_skops(data: bytes) -> bytes:
     """A skops file with the same contents always in the same bytes, since its sha256 names it in
     the sites' caches and in release keys. skops names each object by its ``id()`` in the writing
     process (``"__id__"`` in ``schema.json``, ``<id>.npy`` for arrays) and zip stamps entries with
-    the time: the ids become their order of first appearance, the times 1980-01-01. Written by
-    hand for skops' file protocol (tested on 0.16)."""
+    the time: the ids become their order of first appearance (here, by hand for skops' file
+    protocol, tested on 0.16), the times fixed (:func:`fedens.files.reproducible_zip`)."""
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(data)) as source:
         schema = source.read("schema.json").decode()
@@ -177,28 +177,35 @@ def canonical_skops(data: bytes) -> bytes:
                         schema)
         arrays = {order[n.removesuffix(".npy")]: n for n in source.namelist() if n != "schema.json"}
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
-            target.writestr(zipfile.ZipInfo("schema.json", (1980, 1, 1, 0, 0, 0)), schema,
-                            compress_type=zipfile.ZIP_DEFLATED)
+            target.writestr("schema.json", schema)
             for new_id in sorted(arrays, key=int):
-                target.writestr(zipfile.ZipInfo(f"{new_id}.npy", (1980, 1, 1, 0, 0, 0)),
-                                source.read(arrays[new_id]), compress_type=zipfile.ZIP_DEFLATED)
-    return out.getvalue()
+                target.writestr(f"{new_id}.npy", source.read(arrays[new_id]))
+    return reproducible_zip(out.getvalue())
+
+
+def _load_skops(data: bytes, allowed: set[str], *, not_skops: str, untrusted: str) -> Any:
+    """What a skops file holds, built from ``allowed`` types (beyond skops' defaults) only:
+    ValueError ``not_skops (why)`` for a damaged or foreign file, ``untrusted: types`` when it
+    names any other type (then nothing from it is built)."""
+    import skops.io
+
+    try:
+        unknown = sorted(set(skops.io.get_untrusted_types(data=data)) - allowed)
+        loaded = None if unknown else skops.io.loads(data, trusted=sorted(allowed))
+    except Exception as error:  # a damaged zip, or not a skops file
+        raise ValueError(f"{not_skops} ({type(error).__name__}: {error})") from None
+    if unknown:
+        raise ValueError(f"{untrusted}: {', '.join(unknown)}")
+    return loaded
 
 
 def load_experts(path: Path, trusted: Iterable[str] = ()) -> list[SklearnExpert]:
     """The experts :func:`save_experts` wrote. Loading runs no code from the file; ValueError
     names the file and any type in it beyond skops' defaults, :data:`TRUSTED_TYPES` and
     ``trusted`` (the types its reader chooses to allow)."""
-    import skops.io
-
-    data, allowed = Path(path).read_bytes(), {*TRUSTED_TYPES, *trusted}
-    try:
-        unknown = sorted(set(skops.io.get_untrusted_types(data=data)) - allowed)
-        saved = None if unknown else skops.io.loads(data, trusted=sorted(allowed))
-    except Exception as error:  # a damaged zip, or not a skops file
-        raise ValueError(f"{path} is not a fedens experts file ({type(error).__name__}: {error})") from None
-    if unknown:
-        raise ValueError(f"{path} holds types fedens does not load unless trusted: {', '.join(unknown)}")
+    saved = _load_skops(Path(path).read_bytes(), {*TRUSTED_TYPES, *trusted},
+                        not_skops=f"{path} is not a fedens experts file",
+                        untrusted=f"{path} holds types fedens does not load unless trusted")
     if not isinstance(saved, dict) or saved.get("format") != EXPERTS_FORMAT:
         raise ValueError(f"{path} is not a fedens experts file (expected format {EXPERTS_FORMAT!r})")
     return [SklearnExpert(r["estimator"], r["num_classes"], name=r["name"], family=r["family"],
@@ -212,20 +219,12 @@ def load_expert_file(path: Path, num_classes: int, table: dict[str, Any] | None 
     """A fitted scikit-learn classifier saved with ``skops.io.dump`` as an expert named by its
     file (with ``table``: it takes the table's own columns). Loading runs no code from the file;
     ValueError (one line) names the file and what is wrong."""
-    import skops.io
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"expert file {str(path)!r} does not exist: expected a skops file (skops.io.dump)")
-    data = path.read_bytes()
-    try:
-        unknown = sorted(set(skops.io.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
-        estimator = None if unknown else skops.io.loads(data, trusted=list(TRUSTED_TYPES))
-    except Exception as error:  # a damaged zip, or not a skops file
-        raise ValueError(f"expert file {path.name} is not a skops file ({type(error).__name__}: "
-                         f"{error})") from None
-    if unknown:
-        raise ValueError(f"expert file {path.name} holds types fedens does not load: {', '.join(unknown)}")
+    estimator = _load_skops(path.read_bytes(), set(TRUSTED_TYPES),
+                            not_skops=f"expert file {path.name} is not a skops file",
+                            untrusted=f"expert file {path.name} holds types fedens does not load")
     if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
         raise ValueError(f"expert file {path.name} holds a {type(estimator).__name__}: expected a fitted "
                          "classifier with predict_proba and classes_")

@@ -44,14 +44,13 @@ REFUSALS: dict[type[Exception], int] = {
 }
 
 
-def task_schema(settings: Mapping[str, Any]) -> TaskSchema:
-    """The task's record schema from the run settings (``task-schema``)."""
+def task_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's schema as the run settings carry it (``task-schema``, JSON)."""
     text = str(settings.get(L.TASK_SCHEMA) or "")
     if not text:
         raise DataSchemaError(f"the run config has no {L.TASK_SCHEMA!r}: expected the coordinator to "
                               "name the task's features and classes")
-    fields = json.loads(text)
-    return TaskSchema(int(fields["num_features"]), int(fields["num_classes"]))
+    return json.loads(text)
 
 
 def split_holdout(n: int, fraction: float, seed: int, site: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,22 +85,23 @@ class SiteRequest:
         """All of the site's records ``(X, y)``, checked against the task's schema: an ``.npz``
         of arrays ``X`` and ``y``, or, for a task from a table, a table of the site's own
         (fedens.data.tables) read and encoded as the coordinator's schema says."""
-        table = json.loads(str(self.settings.get(L.TASK_SCHEMA) or "{}")).get("table")
-        if table and self.data_path.suffix.lower() != ".npz":
+        fields = task_fields(self.settings)
+        schema = TaskSchema(int(fields["num_features"]), int(fields["num_classes"]))
+        if fields.get("table") and self.data_path.suffix.lower() != ".npz":
             from fedens.data.tables import read_site_table
 
             try:
-                X, y = read_site_table(self.data_path, table)
+                X, y = read_site_table(self.data_path, fields["table"])
             except DataSchemaError as error:
                 raise DataSchemaError(f"site {self.site}: {error}") from None
-            task_schema(self.settings).check(X, y, where=f"site {self.site}: {self.data_path.name}")
+            schema.check(X, y, where=f"site {self.site}: {self.data_path.name}")
             return X, y
         with np.load(self.data_path) as data:
             if missing := [c for c in ("X", "y") if c not in data.files]:
                 raise DataSchemaError(f"site {self.site}: {self.data_path.name} has no column "
                                       f"{missing[0]!r}: expected columns 'X' (features) and 'y' (labels)")
             X, y = data["X"], data["y"]
-        task_schema(self.settings).check(X, y, where=f"site {self.site}: {self.data_path.name}")
+        schema.check(X, y, where=f"site {self.site}: {self.data_path.name}")
         return X, (y if np.issubdtype(y.dtype, np.integer) else y.astype(np.int64))
 
     def records(self) -> tuple[Records, Records]:

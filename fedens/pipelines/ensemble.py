@@ -218,12 +218,18 @@ def _trained(cfg: DictConfig) -> bool:
     return cfg.experts.name == "mixed_families"
 
 
+def _table_schema(cfg: DictConfig) -> dict[str, Any] | None:
+    """How to read a table as the task's records (``data=local``; None otherwise): what a site's
+    own table and the user's experts need (fedens.data.tables.table_schema)."""
+    if not _local(cfg):
+        return None
+    return table_schema(load_table_task(cfg.data, _site_column(cfg), cfg.seed), cfg.data.label)
+
+
 def _file_experts(cfg: DictConfig, task: TaskData) -> list:
     """``experts=files``: the user's fitted classifiers, each taking the table's own columns."""
-    table = label_names = None
-    if _local(cfg):
-        table_task = load_table_task(cfg.data, _site_column(cfg), cfg.seed)
-        table, label_names = table_schema(table_task, cfg.data.label), table_task.labels
+    table = _table_schema(cfg)
+    label_names = tuple(table["labels"]) if table else None
     return [load_expert_file(Path(str(p)), task.num_classes, table, label_names) for p in cfg.experts.paths]
 
 
@@ -400,8 +406,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y))
     schema = {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}
-    if _local(cfg):  # a site may bring its own table: how to read and encode it (public statistics)
-        schema["table"] = table_schema(load_table_task(cfg.data, _site_column(cfg), cfg.seed), cfg.data.label)
+    if table := _table_schema(cfg):  # a site may bring its own table (public statistics only)
+        schema["table"] = table
     write_atomic(L.task_schema_path(run_dir), json.dumps(schema))
     # the experts' outputs on the splits the baselines and the comparison score, computed once
     outputs = {"test": expert_outputs(experts, task.test.X),
