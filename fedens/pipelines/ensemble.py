@@ -47,7 +47,7 @@ from fedens.data import PARTITIONS, load_task
 from fedens.data.datasets import DATASETS, SplitSizes, TaskData, split_sizes
 from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_devices
 from fedens.data.tables import TableError, load_table_task, table_schema
-from fedens.experts import expert_outputs, load_expert_file, save_experts, train_expert_network
+from fedens.experts import expert_outputs, experts_bytes, load_expert_file, train_expert_network
 from fedens.experts.network import EXPERT_FAMILIES
 from fedens.federation import layout as L
 from fedens.federation import site_dp
@@ -55,6 +55,7 @@ from fedens.federation.attacks import ATTACKS
 from fedens.federation.ensemble.client import make_client_app
 from fedens.federation.ensemble.personalization import FOLDS
 from fedens.federation.ensemble.server import make_server_app
+from fedens.federation.shipping import sha256_bytes, sha256_file
 from fedens.federation.site import split_holdout
 from fedens.federation.strategies import STRATEGIES, check_strategy
 from fedens.files import npz_bytes, torch_bytes, write_atomic
@@ -379,9 +380,26 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
 # --- preparing the network and the sites' files ---------------------------------------------
 
 
-def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _write_prepared(run_dir: Path, path: Path, content: bytes, resume: bool, site_owned: bool = False
+                    ) -> None:
+    """Write one of the files a run starts from. A resumed run keeps them: a site's data is its
+    own (its disk, in simulation too), and a shared or coordinator file the run has used must be
+    the same bytes again, or the sites' release keys (and what the checkpoint continues) change."""
+    if resume and path.is_file():
+        if site_owned or path.read_bytes() == content:
+            return
+        raise ConfigError(f"cannot resume {run_dir}: {path.relative_to(run_dir)} would not be the file "
+                          f"the run started with (sha256 {sha256_file(path)[:12]}, now "
+                          f"{sha256_bytes(content)[:12]}); the config, its data or the software changed "
+                          "since, so start a new run")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, content)
+
+
+def prepare(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Data, sites, experts and the initial combiner, and each party's files; returns what the
-    report needs. In simulation ``sites/site_<i>/`` stands for site *i*'s own disk."""
+    report needs. In simulation ``sites/site_<i>/`` stands for site *i*'s own disk. A resumed
+    run keeps the files it started from (:func:`_write_prepared`)."""
     task, groups = load_data(cfg)
     sites = _sites(cfg, task.private.y, groups)  # validation drew the same partition
     task = shift_task(task, sites, cfg.data.shift, cfg.seed)
@@ -397,18 +415,18 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         initial = federated_form(cfg.combiner.name).initial(cfg.combiner, task.public, experts, cfg.seed)
     except ValueError as error:
         raise ConfigError(f"invalid combiner: {error}") from None
-    save_experts(experts, L.experts_path(run_dir))
-    write_atomic(run_dir / "initial_combiner.pt", torch_bytes(combiner_state(initial)))
+    _write_prepared(run_dir, L.experts_path(run_dir), experts_bytes(experts), resume)
+    _write_prepared(run_dir, run_dir / "initial_combiner.pt", torch_bytes(combiner_state(initial)), resume)
     for site, records in enumerate(sites):
-        L.site_dir(run_dir, site).mkdir(parents=True, exist_ok=True)
-        write_atomic(L.site_dir(run_dir, site) / "data.npz",
-                     npz_bytes(X=task.private.X[records], y=task.private.y[records]))
-    L.coordinator_test_path(run_dir).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y))
+        _write_prepared(run_dir, L.site_dir(run_dir, site) / "data.npz",
+                        npz_bytes(X=task.private.X[records], y=task.private.y[records]), resume,
+                        site_owned=True)
+    _write_prepared(run_dir, L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y),
+                    resume)
     schema = {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}
     if table := _table_schema(cfg):  # a site may bring its own table (public statistics only)
         schema["table"] = table
-    write_atomic(L.task_schema_path(run_dir), json.dumps(schema))
+    _write_prepared(run_dir, L.task_schema_path(run_dir), json.dumps(schema).encode(), resume)
     # the experts' outputs on the splits the baselines and the comparison score, computed once
     outputs = {"test": expert_outputs(experts, task.test.X),
                "private": expert_outputs(experts, task.private.X)}
@@ -663,7 +681,7 @@ class EnsemblePipeline(Pipeline):
 
     def run(self, cfg: DictConfig, run: RunContext) -> dict[str, Any]:
         form = federated_form(cfg.combiner.name)
-        prepared = prepare(cfg, run.run_dir)
+        prepared = prepare(cfg, run.run_dir, run.resume)
         task, experts = prepared["task"], prepared["experts"]
         references = reference_combiners(cfg, prepared)
         base = baselines(cfg, prepared, references)

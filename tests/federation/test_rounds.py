@@ -120,6 +120,31 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(prepared_cfg, run_dir,
     assert sampled == 3 * 2 and sum(n for n, _ in ledger_epsilons(run_dir).values()) == sampled
 
 
+def test_a_resumed_run_keeps_the_files_it_started_from(prepared_cfg, run_dir):
+    """A site's data is its own: a resume does not rewrite it (the drill's canaries stay, and a
+    re-run round has the release key it had). A shared file that would change refuses the resume."""
+    from fedens.config_schema import ConfigError
+    from fedens.pipelines.ensemble import prepare
+
+    cfg, source = prepared_cfg
+    site_data = L.site_dir(run_dir, 0) / "data.npz"
+    with np.load(site_data) as data:
+        X, y = data["X"].copy(), data["y"]
+    X[0] = 7.0  # the site's own change since the run started
+    np.savez(site_data, X=X, y=y)
+    kept = site_data.read_bytes()
+    prepare(cfg, run_dir, resume=True)
+    assert site_data.read_bytes() == kept
+    shared = [p.relative_to(source) for p in source.rglob("*") if p.is_file() and "sites" not in p.parts]
+    assert len(shared) >= 4 and all((run_dir / p).read_bytes() == (source / p).read_bytes() for p in shared)
+
+    (run_dir / "initial_combiner.pt").write_bytes(b"another combiner")
+    with pytest.raises(ConfigError, match=r"cannot resume .*: initial_combiner.pt would not be the file the "
+                                          r"run started with \(sha256 [0-9a-f]{12}, now [0-9a-f]{12}\)"):
+        prepare(cfg, run_dir, resume=True)
+    assert (run_dir / "initial_combiner.pt").read_bytes() == b"another combiner"
+
+
 def test_the_checkpoint_holds_the_strategy_state(prepared_cfg, run_dir):
     cfg, _ = prepared_cfg
     settings = {**federation_settings(cfg, run_dir), L.STRATEGY: "FedAdam", L.NUM_ROUNDS: 1}
