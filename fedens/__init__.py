@@ -1,7 +1,7 @@
 """fedens: federated, differentially private ensembles.
 
 Layers (dependencies point one way; ``tests/test_layers.py`` checks it):
-``registry, files, config_schema -> data, experts -> combiners -> privacy -> federation -> runs
+``registry, files, config_schema, lazy -> data, experts -> combiners -> privacy -> federation -> runs
 -> pipelines -> cli``. ``fedens.run`` (below) is the Python entry: the frame with every pipeline
 registered.
 """

@@ -130,7 +130,7 @@ netns_seal() {  # each folder to its party's user, mode 0700; then check who can
   done
   chmod 700 "$logs"  # written by this shell (root): the parties' logs are no party's to read
   netns_as site_0
-  "${as[@]}" python -c "import fedens.federation.ensemble.apps" 2>/dev/null ||
+  "${as[@]}" python -c "import fedens.federation.ensemble.client" 2>/dev/null ||
     { echo "scripts/pilot: user $(party_user site_0) cannot import fedens from $PWD/.venv: make it world-readable" >&2; exit 1; }
   for p in $(parties); do  # each party against the coordinator's folder and the next site's
     others=(site_0)

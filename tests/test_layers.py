@@ -12,7 +12,7 @@ import fedens
 ROOT = Path(fedens.__file__).resolve().parent
 #: bottom to top; a module may import its own layer or a lower one
 LAYERS = [
-    {"fedens.registry", "fedens.files", "fedens.config_schema"},
+    {"fedens.registry", "fedens.files", "fedens.config_schema", "fedens.lazy"},
     {"fedens.data", "fedens.experts"},
     {"fedens.combiners"},
     {"fedens.privacy"},

@@ -1,8 +1,11 @@
-"""Offline datasets and their division into sites."""
+"""Offline datasets and their division into sites (names imported on first use: :mod:`fedens.lazy`)."""
 
-from fedens.data.datasets import Split, TaskData, load_task
-from fedens.data.partition import PARTITIONS, dirichlet_partition
-from fedens.data.schema import DataSchemaError, TaskSchema
+from fedens.lazy import lazy_exports
 
-__all__ = ["Split", "TaskData", "load_task", "dirichlet_partition", "PARTITIONS", "DataSchemaError",
-           "TaskSchema"]
+_EXPORTS = {
+    **dict.fromkeys(["Split", "TaskData", "load_task"], "datasets"),
+    **dict.fromkeys(["PARTITIONS", "dirichlet_partition"], "partition"),
+    **dict.fromkeys(["DataSchemaError", "TaskSchema"], "schema"),
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedens.files import write_atomic
-from fedens.privacy import PrivacyLedger
+
+if TYPE_CHECKING:
+    from fedens.privacy import PrivacyLedger
 
 # Keys of the run settings (Flower's run_config style: hyphenated).
 RUN_DIR = "run-dir"
@@ -163,6 +165,8 @@ def shared_file(settings: Mapping[str, Any], node_config: Mapping[str, Any], key
 
 def open_site_ledger(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> PrivacyLedger:
     """The site's ledger, with the budget from its node_config (else the run's default)."""
+    from fedens.privacy import PrivacyLedger  # dp-accounting: only when a site spends
+
     site, _, ledger_path = site_paths(settings, node_config)
     budget = float(node_config.get(BUDGET_EPSILON, settings[BUDGET_EPSILON]))
     return PrivacyLedger(ledger_path, site=str(site), budget_epsilon=budget, delta=float(settings[DELTA]))

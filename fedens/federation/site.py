@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
@@ -26,7 +26,10 @@ from fedens.data.schema import DataSchemaError, TaskSchema
 from fedens.federation import layout as L
 from fedens.federation import shipping
 from fedens.federation.outputs_cache import cached_expert_outputs
-from fedens.privacy import BudgetExceeded, PrivacyLedger
+from fedens.privacy.errors import BudgetExceeded
+
+if TYPE_CHECKING:
+    from fedens.privacy import PrivacyLedger
 
 Records = tuple[np.ndarray, np.ndarray]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import dp_accounting
 from flwr.app import Context, Message
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -30,8 +29,6 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
-
-from fedens.privacy import epsilon_from_events
 
 MODES = ("none", "server_fixed", "client_fixed", "server_adaptive", "client_adaptive")
 CONFIG_KEY = "site-dp"  # train-config key telling sites which clipping mod applies
@@ -93,6 +90,10 @@ def site_level_report(
     """Epsilon of the site-level guarantee after ``rounds`` noised aggregations."""
     if mode == "none":
         return {"mode": mode, "epsilon": None, "delta": delta}
+    import dp_accounting  # the coordinator's report: a site's ClientApp does not load it
+
+    from fedens.privacy import epsilon_from_events
+
     event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier), rounds)
     report: dict[str, Any] = {
         "mode": mode,

@@ -42,6 +42,7 @@ import dp_accounting
 import numpy as np
 
 from fedens.privacy.accounting import ACCOUNTING_METHOD, epsilon_from_events
+from fedens.privacy.errors import BudgetExceeded, LedgerUnreadable, UnknownReservation
 
 if TYPE_CHECKING:
     from fedens.privacy.mechanism_base import Mechanism, Release
@@ -65,17 +66,6 @@ _LATER_COLUMNS = (("release_key", "TEXT"), ("state", "TEXT NOT NULL DEFAULT 'cha
                   ("output_sha256", "TEXT"))
 CHARGED, RESERVED, SETTLED = "charged", "reserved", "settled"  # an event's state
 
-
-class BudgetExceeded(RuntimeError):
-    """A release was refused because it would take the site past its budget."""
-
-
-class LedgerUnreadable(RuntimeError):
-    """A file is not a readable privacy ledger; the message names the file and why."""
-
-
-class UnknownReservation(LookupError):
-    """A settlement names no reservation of this ledger (or one of another mechanism)."""
 
 
 def event_to_json(event: dp_accounting.DpEvent) -> str:

@@ -11,7 +11,7 @@ from fedens.combiners import GatedEnsemble
 from fedens.data import load_task
 from fedens.experts import save_experts, train_expert_network
 from fedens.federation import layout as L
-from fedens.federation.ensemble.client import train_site
+from fedens.federation.ensemble.site_training import train_site
 from fedens.privacy import PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event, epsilon_from_events
 from fedens.privacy.dpsgd import sample_rate_for
 
@@ -176,11 +176,11 @@ def test_anything_that_changes_the_update_changes_its_release_key(site_files, ch
 def test_the_same_inputs_giving_another_output_are_charged_as_a_new_release(site_files, monkeypatch):
     """Whatever makes an output differ under the same key (another BLAS kernel, say), the site
     compares it with the output it recorded and charges it as the new release it is."""
-    from fedens.federation.ensemble import client as client_app
+    from fedens.federation.ensemble import site_training
 
     state, s = initial_trainable(site_files), settings(site_files, budget=8)
     first = train_site(train_message(state, 1), new_run_context(), s)
-    monkeypatch.setattr(client_app, "training_seed", lambda *args: 12345)  # other batches and noise
+    monkeypatch.setattr(site_training, "training_seed", lambda *args: 12345)  # other batches and noise
     second = train_site(train_message(state, 1), new_run_context(), s)
     assert not second.has_error()
     assert not np.array_equal(first.content["arrays"]["router.weight"].numpy(),
@@ -241,3 +241,40 @@ def test_the_coordinator_runs_blas_on_one_thread_and_restores_it(tmp_path):
     app(None, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
     assert seen and set(seen.values()) == {1}
     assert blas_threads() == before
+
+
+HEAVY = ("torch", "opacus", "dp_accounting", "scipy", "sklearn", "datasets")
+ROLL_CALL_PROCESS = r'''
+import json, sys
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from fedens.federation import layout as L
+from fedens.federation.ensemble.client import client_app
+
+TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # as a ServerApp would
+node_config, settings = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=settings)
+reply = client_app(Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type=L.ROLL_CALL),
+                   context)
+loaded = lambda: sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[3].split(",")))
+said = {"site": int(reply.content["metrics"]["site"]), "roll call": loaded()}
+import fedens.federation.ensemble.site_training  # what a train message loads
+print(json.dumps({**said, "train": loaded()}))
+'''
+
+
+def test_a_roll_call_process_loads_no_training_accounting_or_data_library(site_files):
+    """On the Deployment Engine every message starts a ClientApp process: one that answers a roll
+    call imports none of torch, Opacus, dp-accounting, SciPy, scikit-learn or datasets (it used to
+    import them all: 7 s and 470 MB before it could say which site it is)."""
+    import subprocess
+    import sys
+
+    node_config = {L.PARTITION_ID: 2, L.DATA_PATH: str(site_files / "data.npz"),
+                   L.LEDGER_PATH: str(site_files / "ledger.sqlite")}
+    done = subprocess.run([sys.executable, "-c", ROLL_CALL_PROCESS, json.dumps(node_config),
+                           json.dumps(settings(site_files)), ",".join(HEAVY)],
+                          capture_output=True, text=True, check=True)
+    said = json.loads(done.stdout.splitlines()[-1])
+    assert said["site"] == 2 and said["roll call"] == []
+    assert {"torch", "opacus", "dp_accounting"} <= set(said["train"])  # the check sees what is loaded

@@ -1,4 +1,6 @@
-"""The apps ``flwr run`` ships to a SuperLink: pyproject's ``[tool.flwr.app.components]``.
+"""The ServerApp ``flwr run`` ships to a SuperLink: pyproject's ``[tool.flwr.app.components]``
+(its ClientApp is :mod:`fedens.federation.ensemble.client`'s ``client_app``, in a module of its
+own so that a site's ClientApp process imports no coordinator code).
 
 Run settings come from ``context.run_config`` (``[tool.flwr.app.config]`` and the
 ``--run-config`` that ``fedens run federation=deployment`` passes), a site's own
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedens.federation.ensemble.client import make_client_app
 from fedens.federation.ensemble.server import make_server_app
 
 
@@ -24,4 +25,3 @@ def print_round(row: dict[str, Any]) -> None:
 
 
 server_app = make_server_app(progress=print_round)
-client_app = make_client_app()
