@@ -8,7 +8,7 @@
 NETNS_SUBNET=10.77.0
 NETNS_MARK="fedens pilot rehearsal (scripts/pilot --netns)"  # the comment of the users made here
 NETNS_LOCK=/run/fedens-pilot-netns.lock  # one rehearsal at a time: they share the user names
-netns_tag=$$; netns_made=(); users_made=(); opened=(); listed=(); staging=""
+netns_tag=$$; netns_made=(); users_made=(); opened=(); listed=()
 
 netns_preflight() {  # root, `ip netns` that works here, at most 245 sites; else one line and exit 2
   [ "$(id -u)" = 0 ] || { echo "scripts/pilot: --netns needs root (it makes namespaces and users), running as uid $(id -u)" >&2; exit 2; }
@@ -103,23 +103,24 @@ netns_hand_out_keys() {  # the coordinator: CA, its certificate and key, the sit
 netns_stage_site_data() {  # each site's records into its own folder, as each institution brings its own:
   # the quickstart's partition, cut by the coordinator's code from the same config and seed
   local i
-  staging=$(mktemp -d)
-  python - "$staging" "$@" <<'EOF'
+  local folders=()
+  for ((i = 0; i < sites; i++)); do folders+=("$(site_dir "$i")"); done
+  python - "${#folders[@]}" "${folders[@]}" "$@" <<'EOF'
 import sys
 from pathlib import Path
 
 from fedens.cli import prevalidate
+from fedens.files import write_atomic
+from fedens.pipelines.ensemble import partitioned_task, site_data_bytes
 from fedens.runs import compose as _compose
-from fedens.pipelines.ensemble import prepare
 
-overrides = [o for o in sys.argv[2:] if not o.startswith("hydra.")]
+count = int(sys.argv[1])
+folders, overrides = sys.argv[2:2 + count], [o for o in sys.argv[2 + count:] if not o.startswith("hydra.")]
 prevalidate(overrides)  # a bad override: one line, exit 2
-prepare(_compose(overrides), Path(sys.argv[1]))
+task, sites, _ = partitioned_task(_compose(overrides))
+for folder, records in zip(folders, sites, strict=True):
+    write_atomic(Path(folder) / "data.npz", site_data_bytes(task, records))
 EOF
-  for ((i = 0; i < sites; i++)); do
-    mv "$staging/sites/site_$i/data.npz" "$(site_dir "$i")/data.npz"
-  done
-  rm -rf "$staging"; staging=""
 }
 
 netns_seal() {  # each folder to its party's user, mode 0700; then check who can read what
@@ -161,6 +162,5 @@ netns_down() {  # every process in the namespaces, the namespaces (their veths a
   done
   for ((i = ${#opened[@]} - 1; i >= 0; i--)); do chmod o-x "${opened[$i]}" 2>/dev/null || true; done
   for d in "${listed[@]}"; do chmod o-r "$d" 2>/dev/null || true; done
-  [ -z "$staging" ] || rm -rf "$staging"
-  netns_made=(); users_made=(); opened=(); listed=(); staging=""
+  netns_made=(); users_made=(); opened=(); listed=()
 }

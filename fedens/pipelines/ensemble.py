@@ -396,13 +396,24 @@ def _write_prepared(run_dir: Path, path: Path, content: bytes, resume: bool, sit
     write_atomic(path, content)
 
 
+def partitioned_task(cfg: DictConfig) -> tuple[TaskData, list[np.ndarray], np.ndarray | None]:
+    """The task as the sites hold it (shifted when ``data.shift`` says so), each site's record
+    indices into its private split, and the site-column values (or None)."""
+    task, groups = load_data(cfg)
+    sites = _sites(cfg, task.private.y, groups)  # validation drew the same partition
+    return shift_task(task, sites, cfg.data.shift, cfg.seed), sites, groups
+
+
+def site_data_bytes(task: TaskData, records: np.ndarray) -> bytes:
+    """One site's ``data.npz``: its records ``X`` and labels ``y``."""
+    return npz_bytes(X=task.private.X[records], y=task.private.y[records])
+
+
 def prepare(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Data, sites, experts and the initial combiner, and each party's files; returns what the
     report needs. In simulation ``sites/site_<i>/`` stands for site *i*'s own disk. A resumed
     run keeps the files it started from (:func:`_write_prepared`)."""
-    task, groups = load_data(cfg)
-    sites = _sites(cfg, task.private.y, groups)  # validation drew the same partition
-    task = shift_task(task, sites, cfg.data.shift, cfg.seed)
+    task, sites, groups = partitioned_task(cfg)
     console.print(
         f"data  {task.name}: public {len(task.public)}, private {len(task.private)} over "
         f"{len(sites)} sites ({PARTITIONS.describe(cfg.partition)}; sizes {[len(s) for s in sites]}), "
@@ -418,9 +429,8 @@ def prepare(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, A
     _write_prepared(run_dir, L.experts_path(run_dir), experts_bytes(experts), resume)
     _write_prepared(run_dir, run_dir / "initial_combiner.pt", torch_bytes(combiner_state(initial)), resume)
     for site, records in enumerate(sites):
-        _write_prepared(run_dir, L.site_dir(run_dir, site) / "data.npz",
-                        npz_bytes(X=task.private.X[records], y=task.private.y[records]), resume,
-                        site_owned=True)
+        _write_prepared(run_dir, L.site_dir(run_dir, site) / "data.npz", site_data_bytes(task, records),
+                        resume, site_owned=True)
     _write_prepared(run_dir, L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y),
                     resume)
     schema = {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}
