@@ -124,3 +124,32 @@ def test_questions_are_validated_and_coerced():
         as_questions("What?", "lm")
     with pytest.raises(ValueError, match="'lm'.*normalisation.*'max'"):
         CausalLMExpert(name="lm", normalisation="max")
+
+
+def test_a_gguf_model_is_dequantised_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    """The first load converts the GGUF file and keeps the float32 model in fedens' cache; a later
+    load reads that folder, without parsing the GGUF file, and gives the very same logits."""
+    import transformers
+
+    from fedens.experts.language_model import _save_dequantized, dequantized_folder, load_causal_lm
+
+    gguf = smollm2_gguf_path()
+    options = {"local_files_only": True, "gguf_file": gguf.name}
+    direct = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), **options).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **options)
+    monkeypatch.setenv("FEDENS_CACHE", str(tmp_path))
+    folder = dequantized_folder(gguf)
+    assert folder.parent == tmp_path / "models" and transformers.__version__ in folder.name
+    _save_dequantized(direct, tokenizer, folder)  # what a first load writes
+    assert sorted(p.name for p in tmp_path.joinpath("models").iterdir()) == [folder.name]  # no leftovers
+
+    read = []
+    original = transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda path, **kw: read.append((path, kw.get("gguf_file"))) or original(path, **kw))
+    model, cached_tokenizer = load_causal_lm(gguf)
+    assert read == [(str(folder), None)]  # the folder, not the GGUF file
+    ids = torch.tensor([tokenizer("Question: What is the capital of France?\nAnswer: Paris").input_ids])
+    assert cached_tokenizer("Answer: Paris").input_ids == tokenizer("Answer: Paris").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, direct(input_ids=ids).logits)

@@ -29,10 +29,28 @@ def descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
+def names(pid: int) -> dict[int, str]:
+    """``pid``'s descendants by pid, with their names; those that end while being read are left
+    out (Ray starts and ends short-lived workers all the time)."""
+    found = {}
+    for p in descendants(pid):
+        try:
+            found[p.pid] = p.name()
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_gone(pids, seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
-    while (alive := [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]) \
-            and time.monotonic() < deadline:
+    while (alive := [p for p in pids if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     return alive
 
@@ -74,11 +92,11 @@ def test_a_simulation_killed_with_sigkill_leaves_no_ray_process(tmp_path):
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and not any(
-                "ClientAppActor" in p.name() for p in descendants(run.pid)):
+                "ClientAppActor" in name for name in names(run.pid).values()):
             assert run.poll() is None, "the run ended before its simulation started"
             time.sleep(0.5)
         time.sleep(1.0)
-        tree = {p.pid: p.name() for p in descendants(run.pid)}
+        tree = names(run.pid)
         assert {"raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= set(tree.values()), tree
         os.kill(run.pid, signal.SIGKILL)
         run.wait()
