@@ -219,17 +219,48 @@ def load_experts(path: Path, trusted: Iterable[str] = ()) -> list[SklearnExpert]
             for r in saved["experts"]]
 
 
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+def _load_pickled_estimator(path: Path) -> Any:
+    """A pickled (joblib) estimator, which the user trusts: reading it runs its code. The sites get
+    it as skops, so it must hold only types they load, or ValueError names the others."""
+    import joblib
+    import skops.io
+
+    try:
+        estimator = joblib.load(path)
+    except Exception as error:  # noqa: BLE001  (whatever the pickle raises)
+        raise ValueError(f"expert file {path.name} is not a readable pickle ({type(error).__name__}: "
+                         f"{error})") from None
+    try:
+        data = skops.io.dumps(estimator)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"expert file {path.name} holds a {type(estimator).__name__} that cannot be "
+                         f"shipped to the sites as skops ({type(error).__name__}: {error})") from None
+    _load_skops(data, set(TRUSTED_TYPES), not_skops=f"expert file {path.name} cannot be shipped as skops",
+                untrusted=f"expert file {path.name} holds types the sites do not load")
+    return estimator
+
+
 def load_expert_file(path: Path, num_classes: int, table: dict[str, Any] | None = None,
-                     label_names: tuple[str, ...] | None = None) -> SklearnExpert:
+                     label_names: tuple[str, ...] | None = None, trust_pickle: bool = False) -> SklearnExpert:
     """A fitted scikit-learn classifier saved with ``skops.io.dump`` as an expert named by its
     file (with ``table``: it takes the table's own columns). Loading runs no code from the file;
-    ValueError (one line) names the file and what is wrong."""
+    a joblib or pickle file (:data:`PICKLE_SUFFIXES`) runs code when read, so it is loaded only
+    with ``trust_pickle``. ValueError (one line) names the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"expert file {str(path)!r} does not exist: expected a skops file (skops.io.dump)")
-    estimator = _load_skops(path.read_bytes(), set(TRUSTED_TYPES),
-                            not_skops=f"expert file {path.name} is not a skops file",
-                            untrusted=f"expert file {path.name} holds types fedens does not load")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not trust_pickle:
+            raise ValueError(f"expert file {path.name} is a pickle, which runs code when it is read: save it "
+                             "with skops.io.dump, or set experts.trust_pickles=true if you trust its author")
+        estimator = _load_pickled_estimator(path)
+    else:
+        estimator = _load_skops(path.read_bytes(), set(TRUSTED_TYPES),
+                                not_skops=f"expert file {path.name} is not a skops file",
+                                untrusted=f"expert file {path.name} holds types fedens does not load")
     if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
         raise ValueError(f"expert file {path.name} holds a {type(estimator).__name__}: expected a fitted "
                          "classifier with predict_proba and classes_")

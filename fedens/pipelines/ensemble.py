@@ -231,7 +231,9 @@ def _file_experts(cfg: DictConfig, task: TaskData) -> list:
     """``experts=files``: the user's fitted classifiers, each taking the table's own columns."""
     table = _table_schema(cfg)
     label_names = tuple(table["labels"]) if table else None
-    return [load_expert_file(Path(str(p)), task.num_classes, table, label_names) for p in cfg.experts.paths]
+    trust = bool(cfg.experts.trust_pickles)
+    return [load_expert_file(Path(str(p)), task.num_classes, table, label_names, trust_pickle=trust)
+            for p in cfg.experts.paths]
 
 
 def _trained_experts(cfg: DictConfig, task: TaskData) -> list:
@@ -264,6 +266,8 @@ EXPERTS_SCHEMA = Schema([
     fraction("experts.out_fraction", lo_open=False, hi_open=False, when=_trained),
     Rule("experts.paths", lambda v, cfg: len(v) >= 1 and all(isinstance(p, str) for p in v),
          "a list of skops files, one fitted classifier each", when=lambda cfg: not _trained(cfg)),
+    Rule("experts.trust_pickles", lambda v, cfg: isinstance(v, bool), "true or false",
+         when=lambda cfg: not _trained(cfg)),
     checked("experts.paths", _expert_files_problem, "expert files fedens can load",
             when=lambda cfg: not _trained(cfg)),
 ])

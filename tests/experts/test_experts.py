@@ -69,6 +69,36 @@ def test_an_experts_file_that_names_code_is_refused_before_anything_runs(tmp_pat
         load_experts(path)  # a pickle is never opened as one
 
 
+def test_a_pickled_expert_is_read_only_when_trusted_and_only_if_the_sites_can_load_it(tmp_path):
+    """joblib files run code when read: refused without ``trust_pickle``; trusted, the estimator is
+    used, and one holding a type the sites do not load (they get it as skops) is refused."""
+    import os
+
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from fedens.experts import load_expert_file
+
+    task = load_task("digits", 0.3, 0.25, seed=0)
+    model = LogisticRegression(max_iter=300).fit(task.public.X, task.public.y)
+    joblib.dump(model, tmp_path / "lr.joblib")
+    refusal = (r"^expert file lr.joblib is a pickle, which runs code when it is read: save it with "
+               r"skops.io.dump, or set experts.trust_pickles=true")
+    with pytest.raises(ValueError, match=refusal):
+        load_expert_file(tmp_path / "lr.joblib", 10)
+    expert = load_expert_file(tmp_path / "lr.joblib", 10, trust_pickle=True)
+    assert expert.name == "lr" and np.array_equal(expert.predict_proba(task.test.X),
+                                                  SklearnExpert(model, 10, "lr").predict_proba(task.test.X))
+    joblib.dump(make_pipeline(FunctionTransformer(os.getcwd), GaussianNB()), tmp_path / "odd.pkl")
+    with pytest.raises(ValueError, match=r"^expert file odd.pkl holds types the sites do not load: .*getcwd"):
+        load_expert_file(tmp_path / "odd.pkl", 10, trust_pickle=True)
+    (tmp_path / "broken.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"^expert file broken.pkl is not a readable pickle"):
+        load_expert_file(tmp_path / "broken.pkl", 10, trust_pickle=True)
+
+
 def test_unknown_family_and_empty_network_are_named():
     task = load_task("digits", 0.3, 0.25, seed=0)
     with pytest.raises(ValueError, match="transformer"):
