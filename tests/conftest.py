@@ -27,3 +27,13 @@ def in_process_engine(monkeypatch):
     from fedens.runs.backends import BACKENDS
 
     monkeypatch.setitem(BACKENDS, "simulation", run_in_process)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest first: the Deployment Engine drills, then the end-to-end runs, then the rest
+    (stable within each), so that on the suite's two workers the long runs overlap everything
+    else instead of ending the run."""
+    def rank(item) -> int:
+        return 0 if item.get_closest_marker("deployment") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
