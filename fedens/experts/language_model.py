@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,12 @@ def load_causal_lm(model_path: str | Path, gguf_file: str | None = None) -> tupl
         options = {"local_files_only": True, "gguf_file": path.name}
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **options)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), **options)
-        _save_dequantized(model, tokenizer, folder)
+        try:
+            _save_dequantized(model, tokenizer, folder)
+        except OSError as error:  # a read-only or full cache: this load works, later ones convert again
+            warnings.warn(f"fedens: cannot keep the dequantised model in {folder.parent} ({error}); set "
+                          "FEDENS_CACHE to a writable folder to load it faster next time", stacklevel=2)
+            return model.eval(), tokenizer
     return load_causal_lm(folder)
 
 

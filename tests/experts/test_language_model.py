@@ -161,3 +161,15 @@ def test_a_gguf_model_is_dequantised_once_and_then_read_from_the_cache(tmp_path,
     assert cached_tokenizer("Answer: Paris").input_ids == tokenizer("Answer: Paris").input_ids
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, direct(input_ids=ids).logits)
+
+
+def test_a_cache_that_cannot_be_written_still_loads_the_model(tmp_path, monkeypatch):
+    from fedens.experts.language_model import load_causal_lm
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FEDENS_CACHE", str(tmp_path / "a-file" / "cache"))  # under a file: no folder
+    with pytest.warns(UserWarning, match=r"cannot keep the dequantised model in .*a-file/cache/models"):
+        model, tokenizer = load_causal_lm(smollm2_gguf_path())
+    ids = torch.tensor([tokenizer("Answer: Paris").input_ids])
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
