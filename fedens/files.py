@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: str | Path) -> str:
     """The sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedens.federation.shipping import sha256_file
-from fedens.files import npy_bytes, write_atomic
+from fedens.files import npy_bytes, sha256_file, write_atomic
 
 
 def outputs_path(site_folder: Path, experts_path: Path, X: np.ndarray) -> Path:

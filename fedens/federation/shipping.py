@@ -24,7 +24,6 @@ code from the file (skops, :func:`fedens.experts.load_experts`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from logging import INFO
@@ -36,7 +35,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.common.logger import log
 
 from fedens.federation import layout as L
-from fedens.files import sha256_file, write_atomic
+from fedens.files import sha256_bytes, sha256_file, write_atomic
 
 SHARED = (L.EXPERTS_PATH, L.INITIAL_COMBINER_PATH)  # the run settings that name shared files
 SHIP = "query.ship"  # message type of a shipment
@@ -46,10 +45,6 @@ _PREFIX = "sha256:"  # announcement entries in a message's "config": "sha256:<ke
 
 class SharedFileMissing(ValueError):
     """The site's cached copy of an announced file is absent or altered: it is shipped again."""
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,9 @@ from fedens.federation.attacks import ATTACKS
 from fedens.federation.ensemble.client import make_client_app
 from fedens.federation.ensemble.personalization import FOLDS
 from fedens.federation.ensemble.server import make_server_app
-from fedens.federation.shipping import sha256_bytes, sha256_file
 from fedens.federation.site import split_holdout
 from fedens.federation.strategies import STRATEGIES, check_strategy
-from fedens.files import npz_bytes, torch_bytes, write_atomic
+from fedens.files import npz_bytes, sha256_bytes, sha256_file, torch_bytes, write_atomic
 from fedens.runs import FederationFailed, Pipeline, RunContext, federation_failure, register_pipeline
 from fedens.runs.backends import FlowerApps, federate
 from fedens.runs.console import console, fmt

@@ -36,7 +36,7 @@ from fedens.combiners.state import combiner_from_state
 from fedens.federation import layout as L
 from fedens.federation.checkpoint import checkpointed_round
 from fedens.federation.outbox import read_outbox
-from fedens.federation.shipping import sha256_file
+from fedens.files import sha256_file
 from fedens.privacy import PrivacyLedger
 
 pytestmark = pytest.mark.deployment

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from test_deployment import SHRINK, SITES
 
-from fedens.federation.shipping import sha256_file
+from fedens.files import sha256_file
 from fedens.privacy import PrivacyLedger
 
 pytestmark = pytest.mark.deployment

@@ -20,8 +20,8 @@ from fedens.combiners.training import combiner_dataset, make_optimizer, run_epoc
 from fedens.federation import layout as L
 from fedens.federation import site_dp
 from fedens.federation.attacks import attacked
-from fedens.federation.shipping import sha256_file
 from fedens.federation.site import SiteRequest, site_handler
+from fedens.files import sha256_file
 from fedens.privacy import PrivacyLedger, calibrate_dpsgd_noise, dpsgd_event
 from fedens.privacy.dpsgd import make_private_training, sample_rate_for
 from fedens.privacy.release_keys import release_key, sha256_arrays, sha256_state
