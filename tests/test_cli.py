@@ -377,6 +377,7 @@ def test_version_and_run_help(tmp_path):
 def wine_files(folder):
     """The wine table with a hospital column, and bad copies of it (see BAD_FILES)."""
     import numpy as np
+    import torch
     from sklearn.datasets import load_wine
 
     from fedens.data.tables import read_table, split_rows
@@ -390,11 +391,16 @@ def wine_files(folder):
     frame.assign(hospital=frame["hospital"].where(~frame.index.isin(test[:2]), "tiny")).to_csv(
         folder / "tiny.csv", index=False)  # site "tiny" holds 2 records, both in the test part
     (folder / "wine.parquet").write_bytes((folder / "wine.csv").read_bytes())
+    (folder / "wine.onnx").write_bytes((folder / "wine.csv").read_bytes())
+    torch.save(torch.nn.Linear(13, 3).state_dict(), folder / "linear.pt")
+    torch.save(torch.nn.Linear(13, 3), folder / "module.pt")  # a pickled module, not a state dict
     return {p.name for p in folder.iterdir()}
 
 
 LOCAL = ["data=local", "data.label=cultivar", "experts.num_experts=3", "experts.specialty_classes=1"]
 BY_HOSPITAL = ["partition=natural_id", "partition.column=hospital", "federation.num_sites=3"]
+TORCH = [*LOCAL[:2], "data.path=wine.csv", *BY_HOSPITAL, "experts=files"]
+LINEAR = "module:torch.nn.Linear,kwargs:{in_features:13,out_features:3}"
 BAD_FILES = [
     ([*LOCAL], ["invalid data.path=None: expected the path of your table"]),
     ([*LOCAL, "data.path=nowhere.csv"], ["data.path='nowhere.csv' does not exist"]),
@@ -411,7 +417,17 @@ BAD_FILES = [
     ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[mine.skops]"],
      ["expected expert files fedens can load: expert file 'mine.skops' does not exist"]),
     ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[wine.csv]"],
-     ["expert file wine.csv is not a skops file"]),
+     ["expert file wine.csv has suffix '.csv': expected one of ['.joblib', '.onnx', '.pickle',"]),
+    ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[wine.onnx]"],
+     ["expert file wine.onnx: expert 'wine' is not an ONNX model onnxruntime runs"]),
+    ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[linear.pt]"],
+     ["expert file linear.pt is a torch state dict: name the module it fits as module: package.module:Cl"]),
+    ([*TORCH, f"experts.paths=[{{path:linear.pt,{LINEAR.replace('13', '5')}}}]"],
+     ["expert file linear.pt does not fit torch.nn.Linear: Error(s) in loading state_dict for Linear: size"]),
+    ([*TORCH, f"experts.paths=[{{path:module.pt,{LINEAR}}}]"],
+     ["expert file module.pt is not a file of tensors (UnpicklingError: "]),
+    ([*TORCH, f"experts.paths=[{{path:linear.pt,{LINEAR},outputs:odds}}]"],
+     ["expert file linear.pt: expert 'linear': outputs must be one of ['probabilities', 'logits'], got"]),
 ]
 
 

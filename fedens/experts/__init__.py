@@ -1,9 +1,10 @@
 """Experts: anything that maps inputs to a distribution over C classes or options.
 
 Adapters, each found by its registry name from config (``make_expert(name, **kwargs)``):
-``sklearn`` (:class:`SklearnExpert`), ``torch`` (:class:`TorchExpert`),
-``callable`` (:class:`CallableExpert`), ``causal_lm`` (:class:`CausalLMExpert`)
-and ``openai_chat`` (:class:`OpenAIChatExpert`).
+``sklearn`` (:class:`SklearnExpert`), ``torch`` (:class:`TorchExpert`), ``onnx``
+(:class:`OnnxExpert`), ``callable`` (:class:`CallableExpert`), ``causal_lm``
+(:class:`CausalLMExpert`) and ``openai_chat`` (:class:`OpenAIChatExpert`). Your own files:
+:func:`load_expert_file` (skops, ONNX, torch state dicts; pickles only if you trust them).
 """
 
 from fedens.experts.base import (
@@ -11,7 +12,6 @@ from fedens.experts.base import (
     SklearnExpert,
     expert_outputs,
     experts_bytes,
-    load_expert_file,
     load_experts,
     save_experts,
 )
@@ -20,9 +20,11 @@ from fedens.experts.cost import count_macs, seconds_per_query, with_costs, with_
 from fedens.experts.language_model import CausalLMExpert, load_causal_lm, smollm2_gguf_path
 from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
 from fedens.experts.network import EXPERT_FAMILIES, train_expert_network, train_generalist_expert
+from fedens.experts.onnx_expert import OnnxExpert
 from fedens.experts.openai_endpoint import OpenAIChatExpert
 from fedens.experts.registry import EXPERTS, make_expert, register_expert
 from fedens.experts.torch_expert import TorchExpert
+from fedens.experts.user_files import load_expert_file
 from fedens.experts.validation import ROW_SUM_TOLERANCE, check_cost, check_probabilities
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "register_expert",
     "make_expert",
     "TorchExpert",
+    "OnnxExpert",
     "CallableExpert",
     "CausalLMExpert",
     "load_causal_lm",

@@ -12,8 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fedens.experts.registry import register_expert
-from fedens.experts.validation import check_cost, check_num_classes, check_probabilities
+from fedens.experts.registry import EXPERTS, register_expert
+from fedens.experts.validation import check_cost, check_num_classes, check_probabilities, task_class_columns
 from fedens.files import reproducible_zip, write_atomic
 
 
@@ -70,13 +70,7 @@ class SklearnExpert:
     def class_columns(self) -> np.ndarray:
         """The task's class number of each of the estimator's ``classes_``."""
         classes = list(self.estimator.classes_)
-        if self.label_names is None:
-            return np.asarray(classes, dtype=np.int64)
-        names = [str(c.item() if isinstance(c, np.generic) else c) for c in classes]
-        if unknown := [c for c in names if c not in self.label_names]:
-            raise ValueError(f"expert {self.name!r} answers label {unknown[0]!r}: expected labels of the "
-                             f"task {list(self.label_names)}")
-        return np.array([self.label_names.index(c) for c in names], dtype=np.int64)
+        return task_class_columns(classes, self.label_names, self.num_classes, self.name)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         inputs = X if self.table is None else decoded_table(X, self.table)
@@ -84,6 +78,18 @@ class SklearnExpert:
         out = np.zeros((len(X), self.num_classes))
         out[:, self.class_columns()] = raw
         return check_probabilities(out / out.sum(axis=1, keepdims=True), self.name, len(X), self.num_classes)
+
+    def to_record(self) -> dict[str, Any]:
+        """What the experts file holds for this expert (skops writes the fitted estimator)."""
+        return {"name": self.name, "family": self.family, "cost": float(self.cost), "site": self.site,
+                "num_classes": int(self.num_classes), "estimator": self.estimator, "table": self.table,
+                "label_names": list(self.label_names) if self.label_names else None}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SklearnExpert:
+        return cls(record["estimator"], record["num_classes"], name=record["name"], family=record["family"],
+                   cost=record["cost"], site=record["site"], table=record.get("table"),
+                   label_names=tuple(record["label_names"]) if record.get("label_names") else None)
 
 
 def decoded_table(X: np.ndarray, table: dict[str, Any]) -> Any:
@@ -134,7 +140,8 @@ def expert_outputs(experts: Sequence[Expert], X: Any) -> np.ndarray:
 # estimators, NumPy and SciPy; these are the parts of fitted estimators it leaves to the user,
 # reviewed here: plain containers of a fitted tree's nodes, of an MLP's optimiser moments, of a
 # nearest-neighbour index and its distance.
-EXPERTS_FORMAT = "fedens-experts/1"
+EXPERTS_FORMAT = "fedens-experts/2"
+READ_FORMATS = (EXPERTS_FORMAT, "fedens-experts/1")  # /1: scikit-learn records without "adapter"
 TRUSTED_TYPES = ("sklearn.tree._tree.Tree", "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
                  "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
                  "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",
@@ -147,19 +154,18 @@ def save_experts(experts: Sequence[Expert], path: Path) -> None:
 
 
 def experts_bytes(experts: Sequence[Expert]) -> bytes:
-    """A network of scikit-learn experts as the bytes of a skops file, the same bytes for the same
-    network. TypeError names an expert of another kind: ship those as files of their own format."""
+    """A network of experts as the bytes of a skops file, the same bytes for the same network.
+    Each expert is the record its adapter's ``to_record`` gives (a fitted scikit-learn estimator,
+    an ONNX graph's bytes); TypeError names an expert whose adapter has none."""
     import skops.io
 
     records = []
     for expert in experts:
-        if not isinstance(expert, SklearnExpert):
-            raise TypeError(f"expert {getattr(expert, 'name', expert)!r} is a {type(expert).__name__}: only "
-                            "SklearnExpert networks are saved as one code-free experts file")
-        records.append({"name": expert.name, "family": expert.family, "cost": float(expert.cost),
-                        "site": expert.site, "num_classes": int(expert.num_classes),
-                        "estimator": expert.estimator, "table": expert.table,
-                        "label_names": list(expert.label_names) if expert.label_names else None})
+        adapter = next((name for name, cls in EXPERTS.items() if type(expert) is cls), None)
+        if adapter is None or not hasattr(expert, "from_record"):
+            raise TypeError(f"expert {getattr(expert, 'name', expert)!r} is a {type(expert).__name__}, which "
+                            "has no code-free record: ship scikit-learn estimators or ONNX graphs")
+        records.append({"adapter": adapter, **expert.to_record()})
     data = skops.io.dumps({"format": EXPERTS_FORMAT, "experts": records},
                           compression=zipfile.ZIP_DEFLATED)  # the quickstart's: 1.2 MB -> 385 KB
     return canonical_skops(data)
@@ -188,7 +194,7 @@ def canonical_skops(data: bytes) -> bytes:
     return reproducible_zip(out.getvalue())
 
 
-def _load_skops(data: bytes, allowed: set[str], *, not_skops: str, untrusted: str) -> Any:
+def read_skops(data: bytes, allowed: set[str], *, not_skops: str, untrusted: str) -> Any:
     """What a skops file holds, built from ``allowed`` types (beyond skops' defaults) only:
     ValueError ``not_skops (why)`` for a damaged or foreign file, ``untrusted: types`` when it
     names any other type (then nothing from it is built)."""
@@ -204,67 +210,20 @@ def _load_skops(data: bytes, allowed: set[str], *, not_skops: str, untrusted: st
     return loaded
 
 
-def load_experts(path: Path, trusted: Iterable[str] = ()) -> list[SklearnExpert]:
+def load_experts(path: Path, trusted: Iterable[str] = ()) -> list[Expert]:
     """The experts :func:`save_experts` wrote. Loading runs no code from the file; ValueError
     names the file and any type in it beyond skops' defaults, :data:`TRUSTED_TYPES` and
     ``trusted`` (the types its reader chooses to allow)."""
-    saved = _load_skops(Path(path).read_bytes(), {*TRUSTED_TYPES, *trusted},
+    saved = read_skops(Path(path).read_bytes(), {*TRUSTED_TYPES, *trusted},
                         not_skops=f"{path} is not a fedens experts file",
                         untrusted=f"{path} holds types fedens does not load unless trusted")
-    if not isinstance(saved, dict) or saved.get("format") != EXPERTS_FORMAT:
+    if not isinstance(saved, dict) or saved.get("format") not in READ_FORMATS:
         raise ValueError(f"{path} is not a fedens experts file (expected format {EXPERTS_FORMAT!r})")
-    return [SklearnExpert(r["estimator"], r["num_classes"], name=r["name"], family=r["family"],
-                          cost=r["cost"], site=r["site"], table=r.get("table"),
-                          label_names=tuple(r["label_names"]) if r.get("label_names") else None)
-            for r in saved["experts"]]
-
-
-PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-
-
-def _load_pickled_estimator(path: Path) -> Any:
-    """A pickled (joblib) estimator, which the user trusts: reading it runs its code. The sites get
-    it as skops, so it must hold only types they load, or ValueError names the others."""
-    import joblib
-    import skops.io
-
-    try:
-        estimator = joblib.load(path)
-    except Exception as error:  # noqa: BLE001  (whatever the pickle raises)
-        raise ValueError(f"expert file {path.name} is not a readable pickle ({type(error).__name__}: "
-                         f"{error})") from None
-    try:
-        data = skops.io.dumps(estimator)
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"expert file {path.name} holds a {type(estimator).__name__} that cannot be "
-                         f"shipped to the sites as skops ({type(error).__name__}: {error})") from None
-    _load_skops(data, set(TRUSTED_TYPES), not_skops=f"expert file {path.name} cannot be shipped as skops",
-                untrusted=f"expert file {path.name} holds types the sites do not load")
-    return estimator
-
-
-def load_expert_file(path: Path, num_classes: int, table: dict[str, Any] | None = None,
-                     label_names: tuple[str, ...] | None = None, trust_pickle: bool = False) -> SklearnExpert:
-    """A fitted scikit-learn classifier saved with ``skops.io.dump`` as an expert named by its
-    file (with ``table``: it takes the table's own columns). Loading runs no code from the file;
-    a joblib or pickle file (:data:`PICKLE_SUFFIXES`) runs code when read, so it is loaded only
-    with ``trust_pickle``. ValueError (one line) names the file and what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"expert file {str(path)!r} does not exist: expected a skops file (skops.io.dump)")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        if not trust_pickle:
-            raise ValueError(f"expert file {path.name} is a pickle, which runs code when it is read: save it "
-                             "with skops.io.dump, or set experts.trust_pickles=true if you trust its author")
-        estimator = _load_pickled_estimator(path)
-    else:
-        estimator = _load_skops(path.read_bytes(), set(TRUSTED_TYPES),
-                                not_skops=f"expert file {path.name} is not a skops file",
-                                untrusted=f"expert file {path.name} holds types fedens does not load")
-    if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
-        raise ValueError(f"expert file {path.name} holds a {type(estimator).__name__}: expected a fitted "
-                         "classifier with predict_proba and classes_")
-    expert = SklearnExpert(estimator, num_classes, name=path.stem, family="file", table=table,
-                           label_names=label_names)
-    expert.class_columns()  # its labels are the task's, or ValueError now
-    return expert
+    experts = []
+    for record in saved["experts"]:
+        adapter = EXPERTS.get(record.pop("adapter", "sklearn"))
+        if not hasattr(adapter, "from_record"):
+            raise ValueError(f"{path} holds expert {record.get('name')!r} of an adapter this fedens does "
+                             "not load")
+        experts.append(adapter.from_record(record))
+    return experts

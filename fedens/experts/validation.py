@@ -80,3 +80,22 @@ def check_probabilities(
             f"(tolerance {ROW_SUM_TOLERANCE:g})"
         )
     return P
+
+
+def task_class_columns(labels: Any, label_names: tuple[str, ...] | None, num_classes: int,
+                       name: str) -> np.ndarray:
+    """The task's class number of each label an expert answers with: labels are the task's label
+    names when it has them (a table's), else class numbers 0..num_classes-1. ValueError names a
+    label outside the task's set."""
+    if label_names is None:
+        numbers = [v.item() if isinstance(v, np.generic) else v for v in labels]
+        if bad := [v for v in numbers if isinstance(v, bool) or not isinstance(v, (int, float))
+                   or not float(v).is_integer() or not 0 <= v < num_classes]:
+            raise ValueError(f"expert {name!r} answers label {bad[0]!r}: expected class numbers 0 to "
+                             f"{num_classes - 1}")
+        return np.asarray(numbers, dtype=np.int64)
+    names = [str(v.item() if isinstance(v, np.generic) else v) for v in labels]
+    if unknown := [v for v in names if v not in label_names]:
+        raise ValueError(f"expert {name!r} answers label {unknown[0]!r}: expected labels of the task "
+                         f"{list(label_names)}")
+    return np.array([label_names.index(v) for v in names], dtype=np.int64)

@@ -227,12 +227,13 @@ def _table_schema(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def _file_experts(cfg: DictConfig, task: TaskData) -> list:
-    """``experts=files``: the user's fitted classifiers, each taking the table's own columns."""
+    """``experts=files``: the user's own experts (fedens.experts.user_files); with data=local each
+    takes the table's own columns."""
     table = _table_schema(cfg)
     label_names = tuple(table["labels"]) if table else None
-    trust = bool(cfg.experts.trust_pickles)
-    return [load_expert_file(Path(str(p)), task.num_classes, table, label_names, trust_pickle=trust)
-            for p in cfg.experts.paths]
+    entries = OmegaConf.to_container(cfg.experts.paths)
+    return [load_expert_file(entry, task.num_classes, table, label_names, bool(cfg.experts.trust_pickles),
+                             num_features=task.public.X.shape[1]) for entry in entries]
 
 
 def _trained_experts(cfg: DictConfig, task: TaskData) -> list:
@@ -248,11 +249,18 @@ EXPERT_SOURCES: dict[str, Callable[[DictConfig, TaskData], list]] = {
 
 
 def _expert_files_problem(cfg: DictConfig) -> str:
+    """Why the user's experts cannot serve the task: a file that does not load, or an expert that
+    fails on a few public records (inputs it does not take, labels the task lacks)."""
+    task = load_data(cfg)[0]
     try:
-        _file_experts(cfg, load_data(cfg)[0])
+        expert_outputs(_file_experts(cfg, task), task.public.X[:8])
     except ValueError as error:
         return str(error)
     return ""
+
+
+def _expert_entry(entry: Any) -> bool:
+    return isinstance(entry, str) or (isinstance(entry, DictConfig) and isinstance(entry.get("path"), str))
 
 
 EXPERTS_SCHEMA = Schema([
@@ -263,8 +271,8 @@ EXPERTS_SCHEMA = Schema([
             when=_trained),
     fraction("experts.in_fraction", hi_open=False, when=_trained),
     fraction("experts.out_fraction", lo_open=False, hi_open=False, when=_trained),
-    Rule("experts.paths", lambda v, cfg: len(v) >= 1 and all(isinstance(p, str) for p in v),
-         "a list of skops files, one fitted classifier each", when=lambda cfg: not _trained(cfg)),
+    Rule("experts.paths", lambda v, cfg: len(v) >= 1 and all(_expert_entry(e) for e in v),
+         "a list of expert files, each a path or {path: FILE, ...}", when=lambda cfg: not _trained(cfg)),
     Rule("experts.trust_pickles", lambda v, cfg: isinstance(v, bool), "true or false",
          when=lambda cfg: not _trained(cfg)),
     checked("experts.paths", _expert_files_problem, "expert files fedens can load",

@@ -7,30 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from pandas.api.types import is_numeric_dtype
+from wine_tables import data_cfg, hydra_value, own_experts, skl2onnx_file, torch_file, wine_table
 
 from fedens.data import PARTITIONS
 from fedens.data.tables import TableError, load_table_task, read_table, split_rows
-
-
-def wine_table(path, rows=None):
-    """scikit-learn's wine data with a made-up hospital column and a text column."""
-    from sklearn.datasets import load_wine
-
-    X, y = load_wine(return_X_y=True, as_frame=True)
-    frame = X.copy()
-    frame["cultivar"] = [f"cultivar_{v}" for v in y]
-    frame["hospital"] = np.random.default_rng(0).choice(["north", "south", "east", "west"], size=len(frame))
-    frame["colour_band"] = np.where(frame["color_intensity"] > 5, "dark", "light")
-    frame = frame if rows is None else frame.iloc[rows]
-    frame.to_csv(path, index=False)
-    return frame
-
-
-def data_cfg(path, **extra):
-    return OmegaConf.create({"name": "local", "path": str(path), "label": "cultivar", "features": None,
-                             "labels": None, "public_fraction": 0.3, "test_fraction": 0.25, **extra})
 
 
 def test_every_format_reads_to_the_same_task(tmp_path):
@@ -94,35 +75,6 @@ def test_labels_outside_the_declared_set_are_named(tmp_path):
         load_table_task(data_cfg(tmp_path / "wine.csv", labels=["cultivar_0", "cultivar_1"]), None, seed=0)
 
 
-def own_experts(frame, folder):
-    """Two classifiers an institution fitted on 60 rows of its own, on the table's own columns and
-    labels, saved with skops: a scaled logistic regression with the text column one-hot encoded,
-    and a random forest on the numbers."""
-    import skops.io
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    rows = frame.sample(60, random_state=3)
-    numbers = [c for c in frame.columns if c not in ("cultivar", "hospital", "colour_band")]
-    X, y = rows[numbers + ["colour_band"]], rows["cultivar"]
-    models = {
-        "logreg": make_pipeline(ColumnTransformer([("n", StandardScaler(), numbers),
-                                                   ("t", OneHotEncoder(handle_unknown="ignore"),
-                                                    ["colour_band"])]),
-                                LogisticRegression(max_iter=1000)),
-        "forest": make_pipeline(ColumnTransformer([("n", "passthrough", numbers)]),
-                                RandomForestClassifier(n_estimators=20, random_state=0)),
-    }
-    paths = []
-    for name, model in models.items():
-        skops.io.dump(model.fit(X, y), folder / f"{name}.skops")
-        paths.append(str(folder / f"{name}.skops"))
-    return paths
-
-
 def test_your_experts_get_the_tables_own_columns_and_labels(tmp_path):
     from fedens.data.tables import table_schema
     from fedens.experts import expert_outputs, load_expert_file, load_experts, save_experts
@@ -149,14 +101,21 @@ def test_the_quickstart_runs_on_your_table_with_your_experts_by_config_alone(tmp
     from fedens.runs import compose
 
     frame = wine_table(tmp_path / "wine.csv")
-    paths = own_experts(frame, tmp_path)
+    numbers = [c for c in frame.columns if c not in ("cultivar", "hospital", "colour_band")]
+    skl2onnx_file(frame, numbers, tmp_path / "converted.onnx")
+    entries = [*own_experts(frame, tmp_path), str(tmp_path / "converted.onnx"),  # skops, skops, ONNX
+               torch_file(frame, numbers, tmp_path / "linear.pt")]  # a torch state dict
     cfg = compose(["data=local", f"data.path={tmp_path / 'wine.csv'}", "data.label=cultivar",
                    "partition=natural_id", "partition.column=hospital", "federation.num_sites=4",
-                   "federation.num_rounds=3", "experts=files", f"experts.paths=[{','.join(paths)}]",
+                   "federation.num_rounds=3", "experts=files", f"experts.paths={hydra_value(entries)}",
                    "combiner.top_k=1", "combiner.central_epochs=5"])
     results = run(cfg, run_dir=tmp_path / "run")
     assert results["data"]["name"] == "wine.csv" and results["data"]["num_classes"] == 3
-    assert results["cost"]["num_experts"] == 2
+    assert results["cost"]["num_experts"] == 4
+    from fedens.experts import load_experts
+
+    shipped = load_experts(tmp_path / "run" / "experts.skops")  # what the sites ran: no torch, no pickle
+    assert [type(e).__name__ for e in shipped] == ["SklearnExpert"] * 2 + ["OnnxExpert"] * 2
     assert results["data"]["site_names"] == ["east", "north", "south", "west"]
     assert sum(results["data"]["site_sizes"]) == 178 - 53 - 45  # the private part
     assert 0 < results["metrics"]["test_balanced_accuracy"] <= 1

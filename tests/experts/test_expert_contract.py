@@ -12,6 +12,7 @@ from fedens.experts import (
     CallableExpert,
     Expert,
     MultipleChoiceQuestion,
+    OnnxExpert,
     OpenAIChatExpert,
     SklearnExpert,
     TorchExpert,
@@ -41,6 +42,14 @@ def make_torch(request):
     return TorchExpert(torch.nn.Linear(4, 3), num_classes=3, name="linear", cost=0.5), X_TABLE
 
 
+def make_onnx(request):
+    from fedens.experts.onnx_expert import torch_to_onnx
+
+    torch.manual_seed(0)
+    graph = torch_to_onnx(torch.nn.Linear(4, 3), 4)
+    return OnnxExpert(graph, num_classes=3, name="linear-graph", outputs="logits", site="site-2"), X_TABLE
+
+
 def make_callable(request):
     return CallableExpert(softmax_rows, num_classes=3, name="softmax-of-features"), X_TABLE
 
@@ -57,6 +66,7 @@ def make_openai_chat(request):
 FACTORIES = {
     "sklearn": make_sklearn,
     "torch": make_torch,
+    "onnx": make_onnx,
     "callable": make_callable,
     "causal_lm": make_causal_lm,
     "openai_chat": make_openai_chat,

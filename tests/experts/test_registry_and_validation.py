@@ -14,6 +14,7 @@ from fedens.experts import (
     ROW_SUM_TOLERANCE,
     CallableExpert,
     CausalLMExpert,
+    OnnxExpert,
     OpenAIChatExpert,
     SklearnExpert,
     TorchExpert,
@@ -24,6 +25,19 @@ from fedens.experts import (
 )
 
 X = np.random.default_rng(0).normal(size=(6, 3))
+
+
+def softmax_graph(C=3):
+    """The bytes of an ONNX graph that takes (n, C) floats and gives their softmax."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", C])
+    y = helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", C])
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["p"], axis=1)], "softmax", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+GRAPH = softmax_graph()
 
 
 def uniform(C):
@@ -48,6 +62,7 @@ def test_registry_finds_every_adapter_by_name():
     assert EXPERTS == {
         "sklearn": SklearnExpert,
         "torch": TorchExpert,
+        "onnx": OnnxExpert,
         "callable": CallableExpert,
         "causal_lm": CausalLMExpert,
         "openai_chat": OpenAIChatExpert,
@@ -56,14 +71,15 @@ def test_registry_finds_every_adapter_by_name():
     built = [
         make_expert("sklearn", estimator=estimator, num_classes=3, name="nb"),
         make_expert("torch", module=torch.nn.Linear(3, 3), num_classes=3, name="lin", site="site-1"),
+        make_expert("onnx", model=GRAPH, num_classes=3, name="graph", outputs="logits"),
         make_expert("callable", fn=uniform(3), num_classes=3, name="flat", cost=0.1),
         make_expert("causal_lm", name="lm"),  # loads its model lazily, on first use
         make_expert("openai_chat", base_url="http://127.0.0.1:9/v1", model="m", name="api"),
     ]
-    order = ("sklearn", "torch", "callable", "causal_lm", "openai_chat")
+    order = ("sklearn", "torch", "onnx", "callable", "causal_lm", "openai_chat")
     assert [type(e) for e in built] == [EXPERTS[k] for k in order]
-    assert built[1].site == "site-1" and built[2].cost == 0.1 and built[0].site is None
-    assert built[3].model is None
+    assert built[1].site == "site-1" and built[3].cost == 0.1 and built[0].site is None
+    assert built[4].model is None
 
 
 def test_unknown_and_duplicate_adapter_names_are_named():
@@ -78,6 +94,7 @@ def test_a_cost_that_is_not_positive_is_refused_for_every_adapter(adapter, cost)
     kwargs = {
         "sklearn": dict(estimator=GaussianNB(), num_classes=3),
         "torch": dict(module=torch.nn.Linear(3, 3), num_classes=3),
+        "onnx": dict(model=GRAPH, num_classes=3),
         "callable": dict(fn=uniform(3), num_classes=3),
         "causal_lm": {},
         "openai_chat": dict(base_url="http://127.0.0.1:9/v1", model="m"),
