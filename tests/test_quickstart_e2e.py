@@ -35,7 +35,7 @@ def shrunk_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("quickstart")
     cfg = _compose(["federation.num_sites=4", "federation.num_rounds=3", "combiner.central_epochs=10",
-                    "privacy.epsilon=4"])
+                    "privacy.epsilon=4", "tracker=tensorboard"])
     return run_dir, run(cfg, run_dir=run_dir)
 
 
@@ -99,6 +99,23 @@ def test_quickstart_shrunk_end_to_end(shrunk_run):
         assert low <= v[f"{name}_accuracy"] <= high
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_each_rounds_metrics_and_the_results(shrunk_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp_path, results = shrunk_run
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    router = {e.step: e.value for e in events.Scalars("router_accuracy")}
+    assert sorted(router) == [0, 1, 2, 3]  # public only, then each federated round
+    for row in rows:
+        assert router[int(row["round"])] == pytest.approx(float(row["router_accuracy"]), abs=1e-6)
+    (final,) = events.Scalars("metrics/test_accuracy")
+    assert final.step == 4 and final.value == pytest.approx(results["metrics"]["test_accuracy"], abs=1e-6)
+    (epsilon,) = events.Scalars("privacy/epsilon_max")
+    assert epsilon.value == pytest.approx(results["privacy"]["epsilon_max"], rel=1e-6)
 
 
 @pytest.mark.slow

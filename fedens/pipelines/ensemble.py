@@ -544,6 +544,7 @@ def run_federation(cfg: DictConfig, run: RunContext, form: Any) -> dict[str, Any
 
     def progress(row: dict[str, Any]) -> None:
         console.print(form.progress_line(row, cfg.combiner))
+        run.track(row, int(row["round"]))
         for f in row["failures"]:
             who = f"site {f['site']}" if f["site"] is not None else f"node {f['node']}"
             console.print(f"          {who} failed ({f['kind']}): {f['reason']}")

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedens.config_schema import ConfigError, Rule, Schema, integer
+from fedens.runs.trackers import tracker_problem
 
 # ${len:${experts.paths}}: a count that follows a list in the config (experts=files).
 if not OmegaConf.has_resolver("len"):
@@ -24,6 +25,7 @@ FRAME_SCHEMA = Schema([
     Rule("name", lambda v, cfg: isinstance(v, str) and v.strip() != "" and v != "???",
          "a run name (set by the experiment preset)"),
     integer("seed", 0, note="the run's seed"),
+    Rule("tracker", lambda v, cfg: not tracker_problem(v), lambda cfg: tracker_problem(cfg.tracker)),
 ])
 
 

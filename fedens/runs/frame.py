@@ -22,6 +22,7 @@ from fedens.runs.console import console
 from fedens.runs.pipeline import PIPELINES, Pipeline, RunContext
 from fedens.runs.results import SCHEMA_VERSION, environment, write_results
 from fedens.runs.rundir import prepare_run_dir
+from fedens.runs.trackers import open_tracker
 
 
 class FederationFailed(RuntimeError):
@@ -82,12 +83,21 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
     import torch
 
     torch.manual_seed(cfg.seed)
-    body = pipeline.run(cfg, RunContext(run_dir, resume, console.print))
+    tracker = open_tracker(cfg.get("tracker", "none"), run_dir, cfg)
+    track = tracker.log if tracker else (lambda row, step: None)
+    try:
+        body = pipeline.run(cfg, RunContext(run_dir, resume, console.print, track))
+    except BaseException:
+        if tracker:
+            tracker.finish({}, ok=False)
+        raise
     results = {"schema": SCHEMA_VERSION, "experiment": cfg.name, "seed": cfg.seed,
                "pipeline": pipeline.name, **body}
     results["timing"] = {"wall_s": time.monotonic() - started, **body.get("timing", {})}
     results["environment"] = environment()
     path = write_results(run_dir, results)
+    if tracker:
+        tracker.finish(results)
     pipeline.print_report(results, cfg)
     console.print(f"results  {path}  ({results['timing']['wall_s']:.1f} s)")
     return results

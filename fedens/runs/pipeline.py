@@ -21,11 +21,13 @@ PIPELINES = Registry("pipeline")
 
 @dataclass(frozen=True)
 class RunContext:
-    """What the frame gives a pipeline's run: its directory, whether it resumes, and the console."""
+    """What the frame gives a pipeline's run: its directory, whether it resumes, the console, and
+    ``track(row, step)``, which hands a progress row to the run's tracker (fedens.runs.trackers)."""
 
     run_dir: Path
     resume: bool
     say: Callable[[str], None]
+    track: Callable[[dict[str, Any], int], None] = lambda row, step: None
 
 
 class Pipeline:
