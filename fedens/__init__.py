@@ -2,7 +2,7 @@
 
 Layers (dependencies point one way; ``tests/test_layers.py`` checks it):
 ``registry, files, config_schema, lazy -> data, experts -> combiners -> privacy -> federation -> runs
--> pipelines -> cli``. ``fedens.run`` (below) is the Python entry: the frame with every pipeline
+-> pipelines -> cli, flower_app``. ``fedens.run`` (below) is the Python entry: the frame with every pipeline
 registered.
 """
 

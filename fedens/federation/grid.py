@@ -25,9 +25,12 @@ from fedens.federation.shipping import PAYLOAD, SHIP, Shipment
 
 
 def coordinator_app(coordinate: Callable[[Grid, Mapping[str, Any], Any], None],
-                    settings: Mapping[str, Any] | None = None, progress: Any = None) -> ServerApp:
+                    settings: Mapping[str, Any] | None = None, progress: Any = None,
+                    unprepared: Callable[[Grid, Context], None] | None = None) -> ServerApp:
     """A ServerApp running ``coordinate(grid, settings, progress)``: ``settings`` are defaults
-    that the run's ``run_config`` overrides; a failure is written to the run directory."""
+    that the run's ``run_config`` overrides; a failure is written to the run directory. When the
+    settings name no run directory (``flwr run .`` alone), ``unprepared(grid, context)`` runs
+    instead: it prepares a run and coordinates it."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     defaults = dict(settings or {})
     app = ServerApp()
@@ -35,6 +38,10 @@ def coordinator_app(coordinate: Callable[[Grid, Mapping[str, Any], Any], None],
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         merged = L.merged(defaults, context.run_config)
+        if not merged.get(L.RUN_DIR):
+            if unprepared is None:
+                raise ValueError(f"run_config has no {L.RUN_DIR!r}: start the run with fedens run")
+            return unprepared(grid, context)
         with L.failure_recorded(merged[L.RUN_DIR]), single_threaded_blas():
             coordinate(grid, merged, progress)
 

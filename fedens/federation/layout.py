@@ -7,18 +7,20 @@ in simulation the same keys come from the dict given to the app factories.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedens.files import write_atomic
+from fedens.files import cache_root, write_atomic
 
 if TYPE_CHECKING:
     from fedens.privacy import PrivacyLedger
 
 # Keys of the run settings (Flower's run_config style: hyphenated).
 RUN_DIR = "run-dir"
+OVERRIDES = "overrides"  # with no run-dir (flwr run . alone): the Hydra overrides the ServerApp runs
 EXPERTS_PATH = "experts-path"
 INITIAL_COMBINER_PATH = "initial-combiner-path"
 NUM_SITES = "num-sites"
@@ -202,3 +204,18 @@ def parse_faults(text: str) -> list[tuple[int, int, str]]:
 def merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Settings given to the app factory, overridden by Flower's run_config."""
     return {**defaults, **dict(overrides)}
+
+
+def published_settings_path(run_id: int) -> Path:
+    """Where the coordinator of a ``flwr run .`` that named no run directory publishes the run
+    settings it prepared, for the sites of that run on the same machine (local simulation)."""
+    return cache_root() / "flwr-runs" / f"{int(run_id)}.json"
+
+
+def run_settings(defaults: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """The run's settings: ``defaults`` overridden by ``context.run_config``, and, when those
+    name no run directory (``flwr run .`` alone), by the settings its coordinator published."""
+    settings = merged(defaults, context.run_config)
+    if not settings.get(RUN_DIR) and (published := published_settings_path(context.run_id)).is_file():
+        settings = merged(settings, json.loads(published.read_text()))
+    return settings

@@ -156,7 +156,7 @@ def store(settings: Mapping[str, Any], node_config: Mapping[str, Any], digests: 
 def answer_roll_call(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
     """The roll call: which site this node is, and which announced files it still lacks after
     storing those that came with it (no data)."""
-    s = L.merged(settings, context.run_config)
+    s = L.run_settings(settings, context)
     site, _, _ = L.site_paths(s, context.node_config)
     digests = announced(msg)
     lacking = missing(s, context.node_config, digests)
@@ -170,7 +170,7 @@ def answer_roll_call(msg: Message, context: Context, settings: Mapping[str, Any]
 
 def receive(msg: Message, context: Context, settings: Mapping[str, Any]) -> Message:
     """A shipment: store its files in the site's cache."""
-    s = L.merged(settings, context.run_config)
+    s = L.run_settings(settings, context)
     site, _, _ = L.site_paths(s, context.node_config)
     payload = msg.content[PAYLOAD]
     stored = store(s, context.node_config, announced(msg), payload)
@@ -185,6 +185,6 @@ def with_local_copies(msg: Message, context: Context, settings: Mapping[str, Any
     digests = announced(msg)
     if not digests:
         return context
-    s = L.merged(settings, context.run_config)
+    s = L.run_settings(settings, context)
     local = {key: str(local_copy(s, context.node_config, key, digest)) for key, digest in digests.items()}
     return dataclasses.replace(context, node_config={**context.node_config, **local})

@@ -169,7 +169,7 @@ def site_handler(handler: SiteHandler | None = None, *, contributes: bool = True
     def handle(msg: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
         try:
             context = shipping.with_local_copies(msg, context, defaults)
-            settings = L.merged(defaults, context.run_config)
+            settings = L.run_settings(defaults, context)
             site, data_path, ledger_path = L.site_paths(settings, context.node_config)
             if contributes and not L.contributes(context.node_config):
                 raise OptedOut(L.opted_out_reason(site))

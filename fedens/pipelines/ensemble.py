@@ -355,6 +355,7 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
     apps read, each from the config (the one source of defaults)."""
     return {
         L.RUN_DIR: str(run_dir),
+        L.OVERRIDES: "",  # the run is prepared: nothing for a ServerApp to compose
         L.EXPERTS_PATH: str(L.experts_path(run_dir)),
         L.INITIAL_COMBINER_PATH: str(run_dir / "initial_combiner.pt"),
         L.NUM_SITES: cfg.federation.num_sites,

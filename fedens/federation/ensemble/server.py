@@ -157,8 +157,8 @@ PROTOCOLS: dict[str, Callable[[Grid, Mapping[str, Any], ProgressFn | None, Any],
 }
 
 
-def make_server_app(
-    settings: Mapping[str, Any] | None = None, progress: ProgressFn | None = None
-) -> ServerApp:
-    """The coordinator's ServerApp for training rounds and histogram releases."""
-    return coordinator_app(coordinate, settings, progress)
+def make_server_app(settings: Mapping[str, Any] | None = None, progress: ProgressFn | None = None,
+                    unprepared: Callable[[Grid, Any], None] | None = None) -> ServerApp:
+    """The coordinator's ServerApp for training rounds and histogram releases
+    (``unprepared``: see :func:`fedens.federation.grid.coordinator_app`)."""
+    return coordinator_app(coordinate, settings, progress, unprepared)
