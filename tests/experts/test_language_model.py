@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 
@@ -173,3 +174,84 @@ def test_a_cache_that_cannot_be_written_still_loads_the_model(tmp_path, monkeypa
     ids = torch.tensor([tokenizer("Answer: Paris").input_ids])
     with torch.no_grad():
         assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
+
+
+# Single-token options (letters after the lettered question) and options of different lengths.
+LETTERS = [dataclasses.replace(q, options=tuple("ABCD")) for q in EASY[:5]]  # scored as " A" etc.
+
+
+def forward_passes(expert):
+    """A counter of the model's forward passes (a hook on the model)."""
+    calls = []
+    handle = expert.model.register_forward_hook(lambda *args: calls.append(1))
+    return calls, handle
+
+
+SHOTS = ("Question: What is the capital of Italy?\nAnswer: Rome\n\n"
+         "Question: What do cows drink?\nAnswer: Water\n\n")
+FEW_SHOT = [dataclasses.replace(q, question=SHOTS + q.question) for q in EASY[:7]]  # a common start
+
+
+@pytest.mark.parametrize("questions", [EASY[:7], LETTERS, FEW_SHOT], ids=["words", "letters", "few-shot"])
+def test_shared_prefix_scoring_equals_the_per_option_path(smollm2, questions):
+    fast = dataclasses.replace(smollm2, batch_size=3)  # batches that split the questions, with padding
+    slow = dataclasses.replace(smollm2, scoring="per_option", batch_size=5)
+    loglik, lengths = fast.option_log_likelihoods(questions)
+    want, want_lengths = slow.option_log_likelihoods(questions)
+    np.testing.assert_array_equal(lengths, want_lengths)
+    np.testing.assert_allclose(loglik, want, atol=2e-4)  # float32 logits, summed in float64
+    np.testing.assert_allclose(fast.predict_proba(questions), slow.predict_proba(questions), atol=1e-4)
+
+
+def test_a_common_start_is_encoded_once(smollm2):
+    from fedens.experts.lm_scoring import MIN_COMMON, common_prefix
+
+    encoded = [smollm2.encode(q)[0] for q in FEW_SHOT]
+    common = common_prefix(encoded)
+    assert len(common) >= MIN_COMMON
+    assert smollm2.tokenizer.decode(common).startswith("Question: Question: What is the capital of Italy")
+    lettered = [dataclasses.replace(q, options=tuple("ABCD")) for q in FEW_SHOT]
+    expert = dataclasses.replace(smollm2, batch_size=4)
+    calls, handle = forward_passes(expert)
+    try:
+        expert.option_log_likelihoods(lettered)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + 2  # the common start, then 2 batches of remainders
+
+
+def test_single_token_options_cost_one_forward_pass_per_batch(smollm2):
+    assert {len(option) for q in LETTERS for option in smollm2.encode(q)[1]} == {1}  # one token each
+    for scoring, batch_size, passes in (("shared_prefix", 8, 1), ("per_option", 8, 3)):  # 5 x 4 options
+        expert = dataclasses.replace(smollm2, scoring=scoring, batch_size=batch_size)
+        calls, handle = forward_passes(expert)
+        try:
+            expert.option_log_likelihoods(LETTERS)
+        finally:
+            handle.remove()
+        assert len(calls) == passes, (scoring, len(calls))
+
+
+def test_the_score_cache_is_hit_the_second_time_and_missed_when_the_model_or_prompt_changes(smollm2,
+                                                                                            tmp_path):
+    cache = tmp_path / "scores.sqlite"
+    first = dataclasses.replace(smollm2, cache_path=cache)
+    want, _ = first.option_log_likelihoods(EASY[:4])
+    assert (first.scored, first.cached) == (4, 0)
+    again = dataclasses.replace(smollm2, cache_path=cache)  # another expert, the same model and prompt
+    calls, handle = forward_passes(again)
+    try:
+        got, _ = again.option_log_likelihoods(EASY[:5])
+    finally:
+        handle.remove()
+    np.testing.assert_array_equal(got[:4], want)
+    assert (again.scored, again.cached) == (1, 4) and len(calls) == 1  # only the new question ran
+    prompt = dataclasses.replace(smollm2, cache_path=cache, chat_template=True, system_prompt="Be brief.")
+    prompt.option_log_likelihoods(EASY[:2])
+    assert (prompt.scored, prompt.cached) == (2, 0)  # another prompt: other entries
+    other = dataclasses.replace(smollm2, cache_path=cache)
+    other.model = copy.deepcopy(smollm2.model)  # the same weights ...
+    with torch.no_grad():
+        other.model.lm_head.weight.mul_(1.01)  # ... then changed: another model
+    other.option_log_likelihoods(EASY[:2])
+    assert (other.scored, other.cached) == (2, 0)
