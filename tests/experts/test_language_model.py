@@ -255,3 +255,14 @@ def test_the_score_cache_is_hit_the_second_time_and_missed_when_the_model_or_pro
         other.model.lm_head.weight.mul_(1.01)  # ... then changed: another model
     other.option_log_likelihoods(EASY[:2])
     assert (other.scored, other.cached) == (2, 0)
+
+
+def test_without_the_llm_extra_the_error_says_how_to_install_it(monkeypatch, tmp_path):
+    import sys
+
+    from fedens.experts import load_causal_lm
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"^language-model experts need transformers: pip install "
+                                          r"'fedens\[llm\]'"):
+        load_causal_lm(tmp_path)
