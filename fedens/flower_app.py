@@ -59,12 +59,12 @@ def run_unprepared(grid: Any, context: Any) -> None:
     overrides = shlex.split(str(context.run_config.get(L.OVERRIDES, "")))
     nodes = connected_nodes(grid)
     cfg = fedens.compose([f"federation.num_sites={len(nodes)}", *overrides])
-    if cfg.federation.num_sites != len(nodes):
-        raise ValueError(f"overrides set federation.num_sites={cfg.federation.num_sites}, but the run has "
-                         f"{len(nodes)} nodes: leave it out (flwr run . takes one site per node)")
     if cfg.pipeline != "ensemble":
         raise ValueError(f"experiment {cfg.name!r} runs the {cfg.pipeline} pipeline, whose apps this Flower "
                          "App does not ship: run it with fedens run")
+    if cfg.federation.num_sites != len(nodes):
+        raise ValueError(f"overrides set federation.num_sites={cfg.federation.num_sites}, but the run has "
+                         f"{len(nodes)} nodes: leave it out (flwr run . takes one site per node)")
     run_dir = Path("outputs") / cfg.name / time.strftime("%Y-%m-%d_%H-%M-%S")
     print(f"fedens  no run directory given: running {cfg.name} on the run's {len(nodes)} nodes into "
           f"{run_dir.resolve()}", flush=True)

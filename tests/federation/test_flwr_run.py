@@ -1,6 +1,6 @@
 """The Flower-native path: ``flwr run .`` with no run directory, on Flower's local SuperLink in
 simulation mode (which ``flwr run`` starts itself), runs the quickstart into ``outputs/`` of the
-folder it was started in, as ``fedens run`` does; a run the app cannot serve fails saying why."""
+folder it was started in, as ``fedens run`` does; a run the app cannot serve is refused saying why."""
 
 from __future__ import annotations
 
@@ -69,7 +69,27 @@ def test_flwr_run_alone_runs_the_quickstart_where_fedens_run_puts_it(tmp_path, l
     assert f"results  {results_path}" in done.stdout.replace("\n", "")
     assert not list(L.published_settings_path(0).parent.glob("*.json"))  # withdrawn after the run
 
-    refused = flwr_run(tmp_path, local_superlink, "federation.num_sites=5")  # flwr run exits 0 regardless
-    said = refused.stdout + refused.stderr
-    assert "ValueError: overrides set federation.num_sites=5, but the run has 2 nodes: leave it out" in said
-    assert len(list((tmp_path / "outputs" / "quickstart").iterdir())) == 1  # nothing written
+
+class TwoNodes:
+    """A grid whose run has two nodes (what the ServerApp asks of it before it prepares a run)."""
+
+    def get_node_ids(self):
+        return [11, 12]
+
+
+@pytest.mark.parametrize("overrides, refusal", [
+    ("federation.num_sites=5", "overrides set federation.num_sites=5, but the run has 2 nodes: leave it out"),
+    ("experiment=pate_mnist", "experiment 'pate_mnist' runs the pate pipeline, whose apps this Flower App"),
+])
+def test_an_unprepared_run_the_app_cannot_serve_is_refused_before_anything_is_written(tmp_path, monkeypatch,
+                                                                                       overrides, refusal):
+    from types import SimpleNamespace
+
+    from fedens import flower_app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(flower_app.time, "sleep", lambda seconds: None)
+    context = SimpleNamespace(run_id=7, run_config={L.OVERRIDES: overrides})
+    with pytest.raises(ValueError, match=f"^{refusal}"):
+        flower_app.run_unprepared(TwoNodes(), context)
+    assert list(tmp_path.iterdir()) == []
