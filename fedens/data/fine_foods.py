@@ -46,34 +46,38 @@ def modeldata_dir() -> Path:
                             f"extracts them from Debian's {DEB}")
 
 
-def _lazy_load(folder: Path, name: str) -> Any:
+def _unserialized(data: bytes) -> Any:
     import rdata
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # rdata: "Unknown file type: assumed RDS" for bare objects
-        index_bytes = gzip.decompress((folder / "Rdata.rdx").read_bytes())
-        index = rdata.conversion.convert(rdata.parser.parse_data(index_bytes))
-        offset, length = (int(x) for x in index["variables"][name])
-        with (folder / "Rdata.rdb").open("rb") as f:
+        return rdata.conversion.convert(rdata.parser.parse_data(data))
+
+
+def _lazy_load(folder: Path, names: tuple[str, ...]) -> list[Any]:
+    """The objects ``names`` of the lazy-load database in ``folder``."""
+    index = _unserialized(gzip.decompress((folder / "Rdata.rdx").read_bytes()))["variables"]
+    objects = []
+    with (folder / "Rdata.rdb").open("rb") as f:
+        for name in names:
+            offset, length = (int(x) for x in index[name])
             f.seek(offset)
             blob = f.read(length)
-        if blob[4:5] != b"Z":
-            raise ValueError(f"{folder / 'Rdata.rdb'}: object {name!r} has compression type {blob[4:5]!r}, "
-                             "expected b'Z' (LZMA2)")
-        raw = lzma.decompress(blob[5:], format=lzma.FORMAT_RAW,
-                              filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])
-        return rdata.conversion.convert(rdata.parser.parse_data(raw))
+            if blob[4:5] != b"Z":
+                raise ValueError(f"{folder / 'Rdata.rdb'}: object {name!r} has compression type "
+                                 f"{blob[4:5]!r}, expected b'Z' (LZMA2)")
+            objects.append(_unserialized(lzma.decompress(
+                blob[5:], format=lzma.FORMAT_RAW,
+                filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])))
+    return objects
 
 
 @cache
 def fine_food_reviews() -> tuple[Any, Any]:
     """``(training, testing)``: pandas DataFrames with columns ``product``, ``review`` (text)
     and ``score`` ("great" | "other"), in modeldata's order."""
-    folder = modeldata_dir()
-    parts = []
-    for name in ("training_data", "testing_data"):
-        frame = _lazy_load(folder, name)
-        frame = frame.assign(product=frame["product"].astype(str), review=frame["review"].astype(str),
-                             score=frame["score"].astype(str))
-        parts.append(frame.reset_index(drop=True))
-    return parts[0], parts[1]
+    training, testing = (
+        frame.assign(product=frame["product"].astype(str), review=frame["review"].astype(str),
+                     score=frame["score"].astype(str)).reset_index(drop=True)
+        for frame in _lazy_load(modeldata_dir(), ("training_data", "testing_data")))
+    return training, testing

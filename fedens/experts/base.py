@@ -215,8 +215,8 @@ def load_experts(path: Path, trusted: Iterable[str] = ()) -> list[Expert]:
     names the file and any type in it beyond skops' defaults, :data:`TRUSTED_TYPES` and
     ``trusted`` (the types its reader chooses to allow)."""
     saved = read_skops(Path(path).read_bytes(), {*TRUSTED_TYPES, *trusted},
-                        not_skops=f"{path} is not a fedens experts file",
-                        untrusted=f"{path} holds types fedens does not load unless trusted")
+                       not_skops=f"{path} is not a fedens experts file",
+                       untrusted=f"{path} holds types fedens does not load unless trusted")
     if not isinstance(saved, dict) or saved.get("format") not in READ_FORMATS:
         raise ValueError(f"{path} is not a fedens experts file (expected format {EXPERTS_FORMAT!r})")
     experts = []

@@ -268,11 +268,12 @@ class CausalLMExpert:
         encoded = [self.encode(q) for q in questions]
         lengths = np.array([[len(c) for c in options] for _, options in encoded], dtype=np.int64)
         loglik = np.zeros(lengths.shape)
-        keys = found = None
+        keys = found = store = None
         if self.cache_path is not None:
             model, template = self.model_id(), self.template()
             keys = [entry_key(model, template, q.question, q.options) for q in questions]
-            found = ScoreCache(self.cache_path).get(keys)
+            store = ScoreCache(self.cache_path)
+            found = store.get(keys)
         todo = [i for i in range(len(questions)) if not found or keys[i] not in found]
         if todo:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -281,7 +282,7 @@ class CausalLMExpert:
             for i in set(range(len(questions))) - set(todo):
                 loglik[i] = found[keys[i]]
             if todo:
-                ScoreCache(self.cache_path).put({keys[i]: loglik[i] for i in todo})
+                store.put({keys[i]: loglik[i] for i in todo})
         self.scored += len(todo)
         self.cached += len(questions) - len(todo)
         return loglik, lengths

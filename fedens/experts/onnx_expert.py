@@ -66,6 +66,8 @@ class OnnxExpert:
     cost: float = 1.0
     site: str | None = None
     _session: Any = field(default=None, init=False, repr=False)
+    _output: str = field(default="", init=False, repr=False)  # the graph output read
+    _by_input: dict[str, str] | None = field(default=None, init=False, repr=False)  # input -> column
 
     def __post_init__(self) -> None:
         self.num_classes = check_num_classes(self.num_classes, self.name)
@@ -74,8 +76,8 @@ class OnnxExpert:
             raise ValueError(f"expert {self.name!r}: outputs must be one of {list(OUTPUTS)}, "
                              f"got {self.outputs!r}")
         self.model = bytes(self.model)
-        self._output_name()  # onnxruntime runs the graph and it has an output fedens reads, or ValueError now
-        self._per_column_inputs()
+        self._output = self._output_name()  # onnxruntime runs the graph, it has an output fedens reads
+        self._by_input = self._per_column_inputs()
         self.labels = tuple(self.labels) if self.labels is not None else graph_class_labels(self.model)
         self.columns = tuple(self.columns) if self.columns is not None else None
 
@@ -127,8 +129,8 @@ class OnnxExpert:
         if not self.table:
             return {inputs[0].name: np.asarray(X, dtype=INPUT_DTYPES.get(inputs[0].type, np.float32))}
         frame = decoded_table(X, self.table)
-        if by_input := self._per_column_inputs():
-            return {i.name: _column(frame[by_input[i.name]], INPUT_DTYPES.get(i.type, np.float32))
+        if self._by_input:
+            return {i.name: _column(frame[self._by_input[i.name]], INPUT_DTYPES.get(i.type, np.float32))
                     for i in inputs}
         columns = list(self.columns or self.table["features"])
         if text := [c for c in columns if c not in self.table["numeric"]]:
@@ -140,7 +142,7 @@ class OnnxExpert:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         feeds = self._feeds(X)
         try:
-            raw = self.session.run([self._output_name()], feeds)[0]
+            raw = self.session.run([self._output], feeds)[0]
         except Exception as error:  # noqa: BLE001  (onnxruntime's own error types)
             raise ValueError(f"expert {self.name!r} failed on inputs of shape {np.shape(X)} "
                              f"({type(error).__name__}: {str(error).splitlines()[0]})") from None

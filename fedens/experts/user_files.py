@@ -9,7 +9,6 @@ format; ``outputs`` (probabilities | logits), ``labels`` and ``columns`` for ONN
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from fedens.experts.base import TRUSTED_TYPES, Expert, SklearnExpert, read_skops
 from fedens.experts.onnx_expert import OnnxExpert, torch_to_onnx
+from fedens.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class FileTask:
 def _sklearn(path: Path, options: dict[str, Any], task: FileTask, estimator: Any = None) -> SklearnExpert:
     if estimator is None:
         estimator = read_skops(path.read_bytes(), set(TRUSTED_TYPES),
-                                not_skops=f"expert file {path.name} is not a skops file",
-                                untrusted=f"expert file {path.name} holds types fedens does not load")
+                               not_skops=f"expert file {path.name} is not a skops file",
+                               untrusted=f"expert file {path.name} holds types fedens does not load")
     if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
         raise ValueError(f"expert file {path.name} holds a {type(estimator).__name__}: expected a fitted "
                          "classifier with predict_proba and classes_")
@@ -66,7 +66,7 @@ def _pickled_sklearn(path: Path, options: dict[str, Any], task: FileTask) -> Skl
         raise ValueError(f"expert file {path.name} holds a {type(estimator).__name__} that cannot be "
                          f"shipped to the sites as skops ({type(error).__name__}: {error})") from None
     read_skops(data, set(TRUSTED_TYPES), not_skops=f"expert file {path.name} cannot be shipped as skops",
-                untrusted=f"expert file {path.name} holds types the sites do not load")
+               untrusted=f"expert file {path.name} holds types the sites do not load")
     return _sklearn(path, options, task, estimator)
 
 
@@ -92,7 +92,7 @@ def _torch(path: Path, options: dict[str, Any], task: FileTask) -> OnnxExpert:
         raise ValueError(f"expert file {path.name} is a torch state dict: name the module it fits as "
                          "module: package.module:Class (and its kwargs)")
     width = _input_width(path, options, task)
-    key = (hashlib.sha256(path.read_bytes()).hexdigest(), options["module"],
+    key = (sha256_file(path), options["module"],
            repr(sorted(dict(options.get("kwargs") or {}).items())), width)
     if key not in _CONVERTED:
         module = _built_module(path, options["module"], dict(options.get("kwargs") or {}))

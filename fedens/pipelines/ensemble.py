@@ -251,8 +251,8 @@ EXPERT_SOURCES: dict[str, Callable[[DictConfig, TaskData], list]] = {
 def _expert_files_problem(cfg: DictConfig) -> str:
     """Why the user's experts cannot serve the task: a file that does not load, or an expert that
     fails on a few public records (inputs it does not take, labels the task lacks)."""
-    task = load_data(cfg)[0]
     try:
+        task = load_data(cfg)[0]
         expert_outputs(_file_experts(cfg, task), task.public.X[:8])
     except ValueError as error:
         return str(error)

@@ -30,8 +30,32 @@ def numbers(row: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, flo
             yield f"{prefix}{key}", float(value)
 
 
+class Tracker:
+    """What every tracker does with the numbers; a subclass says where a scalar goes
+    (:meth:`scalar`) and how the run ends (:meth:`close`)."""
+
+    package = ""  # the module it needs installed
+    step = 0
+
+    def scalar(self, key: str, value: float, step: int) -> None:
+        raise NotImplementedError
+
+    def close(self, ok: bool) -> None:
+        raise NotImplementedError
+
+    def log(self, row: Mapping[str, Any], step: int) -> None:
+        for key, value in numbers(row):
+            self.scalar(key, value, step)
+        self.step = max(self.step, step)
+
+    def finish(self, results: Mapping[str, Any], ok: bool = True) -> None:
+        for key, value in numbers({s: results[s] for s in FINAL_SECTIONS if s in results}):
+            self.scalar(key, value, self.step + 1)
+        self.close(ok)
+
+
 @TRACKERS.register("tensorboard")
-class TensorBoardTracker:
+class TensorBoardTracker(Tracker):
     """Scalars in ``RUN_DIR/tensorboard`` (``tensorboard --logdir RUN_DIR``): each round's row at
     its round, the final results at the last round + 1; the run's config as text."""
 
@@ -42,21 +66,16 @@ class TensorBoardTracker:
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "```")
-        self.step = 0
 
-    def log(self, row: Mapping[str, Any], step: int) -> None:
-        for key, value in numbers(row):
-            self.writer.add_scalar(key, value, step)
-        self.step = max(self.step, step)
+    def scalar(self, key: str, value: float, step: int) -> None:
+        self.writer.add_scalar(key, value, step)
 
-    def finish(self, results: Mapping[str, Any], ok: bool = True) -> None:
-        for key, value in numbers({s: results[s] for s in FINAL_SECTIONS if s in results}):
-            self.writer.add_scalar(key, value, self.step + 1)
+    def close(self, ok: bool) -> None:
         self.writer.close()
 
 
 @TRACKERS.register("mlflow")
-class MlflowTracker:
+class MlflowTracker(Tracker):
     """An MLflow run in the experiment named after the run (``name``), with the config's values
     as parameters, each round's row as metrics at its step and the final results."""
 
@@ -72,16 +91,11 @@ class MlflowTracker:
         self.run_id = self.client.create_run(experiment_id, run_name=Path(run_dir).name).info.run_id
         for key, value in _flat(OmegaConf.to_container(cfg, resolve=True)):
             self.client.log_param(self.run_id, key, str(value)[:500])
-        self.step = 0
 
-    def log(self, row: Mapping[str, Any], step: int) -> None:
-        for key, value in numbers(row):
-            self.client.log_metric(self.run_id, key, value, step=step)
-        self.step = max(self.step, step)
+    def scalar(self, key: str, value: float, step: int) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step)
 
-    def finish(self, results: Mapping[str, Any], ok: bool = True) -> None:
-        for key, value in numbers({s: results[s] for s in FINAL_SECTIONS if s in results}):
-            self.client.log_metric(self.run_id, key, value, step=self.step + 1)
+    def close(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
 
 
