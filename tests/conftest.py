@@ -17,6 +17,17 @@ def compose():
     return lambda *overrides: _compose(list(overrides))
 
 
+@pytest.fixture(scope="session")
+def chat_server():
+    """A loopback OpenAI-compatible chat server (tests/chat_server.py), one per session."""
+    from chat_server import ChatServer
+
+    server = ChatServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
 
 @pytest.fixture
 def in_process_engine(monkeypatch):

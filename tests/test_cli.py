@@ -399,7 +399,7 @@ def wine_files(folder):
 
 LOCAL = ["data=local", "data.label=cultivar", "experts.num_experts=3", "experts.specialty_classes=1"]
 BY_HOSPITAL = ["partition=natural_id", "partition.column=hospital", "federation.num_sites=3"]
-TORCH = [*LOCAL[:2], "data.path=wine.csv", *BY_HOSPITAL, "experts=files"]
+TORCH = [*LOCAL[:2], "data.path=wine.csv", *BY_HOSPITAL, "experts=own"]
 LINEAR = "module:torch.nn.Linear,kwargs:{in_features:13,out_features:3}"
 BAD_FILES = [
     ([*LOCAL], ["invalid data.path=None: expected the path of your table"]),
@@ -414,19 +414,19 @@ BAD_FILES = [
     ([*LOCAL, "data.path=wine.csv", *BY_HOSPITAL[:2]],
      ["partition.column='hospital' names 3 sites ('east', 'north', 'south'): expected federation.num_sit"]),
     (["data=digits", *BY_HOSPITAL], ["partition=natural_id reads each record's site from a column"]),
-    ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[mine.skops]"],
-     ["expected expert files fedens can load: expert file 'mine.skops' does not exist"]),
-    ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[wine.csv]"],
+    ([*LOCAL[:2], "data.path=wine.csv", "experts=own", "experts.members=[mine.skops]"],
+     ["expected experts fedens can load and run on the task: expert file 'mine.skops' does not exist"]),
+    ([*LOCAL[:2], "data.path=wine.csv", "experts=own", "experts.members=[wine.csv]"],
      ["expert file wine.csv has suffix '.csv': expected one of ['.joblib', '.onnx', '.pickle',"]),
-    ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[wine.onnx]"],
+    ([*LOCAL[:2], "data.path=wine.csv", "experts=own", "experts.members=[wine.onnx]"],
      ["expert file wine.onnx: expert 'wine' is not an ONNX model onnxruntime runs"]),
-    ([*LOCAL[:2], "data.path=wine.csv", "experts=files", "experts.paths=[linear.pt]"],
+    ([*LOCAL[:2], "data.path=wine.csv", "experts=own", "experts.members=[linear.pt]"],
      ["expert file linear.pt is a torch state dict: name the module it fits as module: package.module:Cl"]),
-    ([*TORCH, f"experts.paths=[{{path:linear.pt,{LINEAR.replace('13', '5')}}}]"],
+    ([*TORCH, f"experts.members=[{{path:linear.pt,{LINEAR.replace('13', '5')}}}]"],
      ["expert file linear.pt does not fit torch.nn.Linear: Error(s) in loading state_dict for Linear: size"]),
-    ([*TORCH, f"experts.paths=[{{path:module.pt,{LINEAR}}}]"],
+    ([*TORCH, f"experts.members=[{{path:module.pt,{LINEAR}}}]"],
      ["expert file module.pt is not a file of tensors (UnpicklingError: "]),
-    ([*TORCH, f"experts.paths=[{{path:linear.pt,{LINEAR},outputs:odds}}]"],
+    ([*TORCH, f"experts.members=[{{path:linear.pt,{LINEAR},outputs:odds}}]"],
      ["expert file linear.pt: expert 'linear': outputs must be one of ['probabilities', 'logits'], got"]),
 ]
 

@@ -3,6 +3,8 @@ column, and experts an institution fitted on it (tests/data, tests/experts)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from omegaconf import OmegaConf
 
@@ -80,7 +82,7 @@ def skl2onnx_file(frame, numbers, path, classes=None, **options):
 def torch_file(frame, numbers, path):
     """A torch ``Linear`` layer on the raw numeric columns, saved as a state dict: a logistic
     regression fitted on 60 scaled rows with the scaling folded into its weights. Returns the
-    ``experts.paths`` entry that names it."""
+    ``experts.members`` entry that names it."""
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -103,4 +105,7 @@ def hydra_value(value):
         return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    return str(value)
+    text = str(value)
+    if re.search(r"[^\w./:-]", text):  # spaces, braces, quotes: a quoted string
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text

@@ -253,7 +253,7 @@ class GatedEnsemble(FederatedForm, TrainableCombiner):
                                            weights_objective=c["weights_objective"],
                                            train_top_k=c["train_top_k"])
         if int(c["pretrain_epochs"]) > 0:
-            pretrain_router(model, public.X, expert_outputs(experts, public.X), public.y,
+            pretrain_router(model, public.X, expert_outputs(experts, public.inputs()), public.y,
                             int(c["pretrain_epochs"]), float(c["lr"]), int(c["batch_size"]), seed)
         return model
 

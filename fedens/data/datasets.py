@@ -6,22 +6,31 @@ Nothing here downloads: every loader reads data that an installed package ships.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from fedens.data.rows import ExpertInputs, with_text
+
 
 @dataclass(frozen=True)
 class Split:
-    """Features ``X`` (n, d) float32 and integer labels ``y`` (n,)."""
+    """Features ``X`` (n, d) float32 and integer labels ``y`` (n,); for a table with text columns
+    also the raw text (column -> (n,) strings), which language-model experts read."""
 
     X: np.ndarray
     y: np.ndarray
+    text: Mapping[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def inputs(self) -> ExpertInputs:
+        """What the experts take: ``X``, or ``X`` with the text columns (:class:`TextRows`)."""
+        return with_text(self.X, self.text)
 
 
 @dataclass(frozen=True)

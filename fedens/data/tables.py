@@ -4,8 +4,11 @@ A table (CSV, Parquet, JSON Lines, NumPy ``.npz`` with one array per column, or 
 Hugging Face ``datasets.Dataset`` was saved to) becomes a task: its rows are split, stratified by
 label, into the coordinator's public and test parts and the sites' private part. Features are the
 columns named in ``data.features`` (all but the label and the site column by default): numeric
-columns are standardised with the public part's mean and deviation, text columns one-hot encoded
+columns are standardised with the public part's mean and deviation, string columns one-hot encoded
 with the categories of the public part (a category the public part lacks encodes as all zeros).
+Columns named in ``data.text`` hold free text: they become TF-IDF vectors over the public part's
+``data.text_features`` most frequent words (for routers and trained experts) and travel raw beside
+the features (:class:`fedens.data.rows.TextRows`) to the experts that read text.
 Everything fitted is fitted on the public part only, which the coordinator holds anyway. Labels
 are the sorted distinct labels of the table, or ``data.labels`` if given (then any other label is
 an error). ``partition.column`` names a column that says which site holds a record (hospital,
@@ -18,7 +21,7 @@ anything is written.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from fedens.data.datasets import Split, TaskData
+from fedens.data.rows import ExpertInputs, features, with_text
 from fedens.data.schema import DataSchemaError
 
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines",
@@ -155,28 +159,62 @@ def _natural(text: str) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True)
+class TextVocabulary:
+    """A text column's TF-IDF encoding: its words (one feature each, in order) and their inverse
+    document frequencies on the public rows. Term counts are sublinear (1 + log tf), rows l2-normed."""
+
+    words: tuple[str, ...]
+    idf: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, texts: np.ndarray, width: int) -> TextVocabulary:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vectorizer = TfidfVectorizer(max_features=width, sublinear_tf=True)
+        try:
+            vectorizer.fit([str(t) for t in texts])
+        except ValueError:  # no word at all in the public rows
+            return cls((), ())
+        return cls(tuple(vectorizer.get_feature_names_out()), tuple(float(v) for v in vectorizer.idf_))
+
+    def transform(self, texts: np.ndarray) -> np.ndarray:
+        if not self.words:
+            return np.zeros((len(texts), 0))
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vectorizer = TfidfVectorizer(vocabulary=list(self.words), sublinear_tf=True)
+        vectorizer.idf_ = np.asarray(self.idf)
+        return vectorizer.transform([str(t) for t in texts]).toarray()
+
+
+@dataclass(frozen=True)
 class Encoder:
     """Feature columns -> a float32 matrix, fitted on the public rows only."""
 
     numeric: dict[str, tuple[float, float]]  # name -> (mean, std)
     categories: dict[str, tuple[str, ...]]  # name -> the public rows' categories
+    text: dict[str, TextVocabulary] = field(default_factory=dict)  # name -> its TF-IDF words
 
     @classmethod
-    def fit(cls, table: Table, rows: np.ndarray) -> Encoder:
-        numeric, categories = {}, {}
+    def fit(cls, table: Table, rows: np.ndarray, text: tuple[str, ...] = (), width: int = 256) -> Encoder:
+        numeric, categories, vocabularies = {}, {}, {}
         for name, values in table.columns.items():
-            if _is_numeric(values):
+            if name in text:
+                vocabularies[name] = TextVocabulary.fit(values[rows], width)
+            elif _is_numeric(values):
                 column = values[rows].astype(np.float64)
                 std = float(column.std())
                 numeric[name] = (float(column.mean()), std if std > 0 else 1.0)
             else:
                 categories[name] = tuple(sorted({str(v) for v in values[rows]}))
-        return cls(numeric, categories)
+        return cls(numeric, categories, vocabularies)
 
     def transform(self, table: Table, rows: np.ndarray) -> np.ndarray:
         parts = []
         for name, values in table.columns.items():
-            if name in self.numeric:
+            if name in self.text:
+                parts.append(self.text[name].transform(values[rows]))
+            elif name in self.numeric:
                 mean, std = self.numeric[name]
                 parts.append(((values[rows].astype(np.float64) - mean) / std)[:, None])
             else:
@@ -184,6 +222,12 @@ class Encoder:
                 parts.append(np.stack([seen == c for c in self.categories[name]], axis=1).astype(np.float64)
                              if self.categories[name] else np.zeros((len(rows), 0)))
         return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def inputs(self, table: Table, rows: np.ndarray) -> ExpertInputs:
+        """The experts' inputs on ``rows``: the features, with the raw text columns if any."""
+        return with_text(self.transform(table, rows),
+                         {name: np.asarray([str(v) for v in table.columns[name][rows]], dtype=str)
+                          for name in self.text})
 
 
 def _is_numeric(values: np.ndarray) -> bool:
@@ -237,13 +281,18 @@ def load_table_task(data_cfg: Any, site_column: str | None, seed: int) -> TableT
     features = tuple(data_cfg.features) if data_cfg.get("features") else None
     labels = tuple(str(v) for v in data_cfg.labels) if data_cfg.get("labels") else None
     table = read_table(str(data_cfg.path), str(data_cfg.label), features, site_column, labels)
+    text = tuple(str(c) for c in data_cfg.get("text") or ())
+    for name in text:
+        if name not in table.columns:
+            raise TableError(f"data.text names {name!r}, which is not a feature column of {table.path.name}: "
+                             f"expected one of {', '.join(table.columns)}")
     return _table_task(table, float(data_cfg.public_fraction), float(data_cfg.test_fraction), site_column,
-                       seed)
+                       seed, text, int(data_cfg.get("text_features") or 256))
 
 
 @cache
 def _table_task(table: Table, public_fraction: float, test_fraction: float, site_column: str | None,
-                seed: int) -> TableTask:
+                seed: int, text: tuple[str, ...] = (), text_features: int = 256) -> TableTask:
     check_features(table)
     public, private, test = split_rows(table, public_fraction, test_fraction, seed)
     public_counts = np.bincount(table.y[public], minlength=len(table.labels))
@@ -257,10 +306,11 @@ def _table_task(table: Table, public_fraction: float, test_fraction: float, site
         raise TableError(f"{table.path.name} column {site_column!r}: site {empty[0]!r} has no private "
                          f"records (its {int((table.groups == empty[0]).sum())} went to the public or test "
                          "part): expected records for every site; give it more or lower the fractions")
-    encoder = Encoder.fit(table, public)
+    encoder = Encoder.fit(table, public, text, text_features)
 
     def split(rows: np.ndarray) -> Split:
-        return Split(encoder.transform(table, rows), table.y[rows])
+        inputs = encoder.inputs(table, rows)
+        return Split(features(inputs), table.y[rows], getattr(inputs, "text", None))
 
     task = TaskData(table.path.name, len(table.labels), split(public), split(private), split(test))
     return TableTask(task, table.labels, None if table.groups is None else table.groups[private], encoder,
@@ -272,12 +322,14 @@ def table_schema(table: TableTask, label: str) -> dict[str, Any]:
     the feature columns in order and the public part's encoding (public statistics only)."""
     return {"label": label, "labels": list(table.labels), "features": list(table.feature_names),
             "numeric": {n: list(v) for n, v in table.encoder.numeric.items()},
-            "categories": {n: list(v) for n, v in table.encoder.categories.items()}}
+            "categories": {n: list(v) for n, v in table.encoder.categories.items()},
+            "text": {n: {"words": list(v.words), "idf": list(v.idf)} for n, v in table.encoder.text.items()}}
 
 
-def read_site_table(path: Path, schema: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """A site's own table at ``path`` as ``(X, y)`` by the coordinator's ``schema``
-    (:func:`table_schema`); TableError names the column that does not fit."""
+def read_site_table(path: Path, schema: dict[str, Any]) -> tuple[ExpertInputs, np.ndarray]:
+    """A site's own table at ``path`` as ``(inputs, y)`` by the coordinator's ``schema``
+    (:func:`table_schema`): the features, with the text columns when the task has any;
+    TableError names the column that does not fit."""
     table = read_table(str(path), schema["label"], tuple(schema["features"]), None, tuple(schema["labels"]))
     check_features(table)
     for name in schema["numeric"]:
@@ -285,5 +337,7 @@ def read_site_table(path: Path, schema: dict[str, Any]) -> tuple[np.ndarray, np.
             raise TableError(f"{path.name} column {name!r} has dtype {table.columns[name].dtype}: expected "
                              "numbers, as in the task's table")
     encoder = Encoder({n: tuple(v) for n, v in schema["numeric"].items()},
-                      {n: tuple(v) for n, v in schema["categories"].items()})
-    return encoder.transform(table, np.arange(len(table))), table.y
+                      {n: tuple(v) for n, v in schema["categories"].items()},
+                      {n: TextVocabulary(tuple(v["words"]), tuple(v["idf"]))
+                       for n, v in schema.get("text", {}).items()})
+    return encoder.inputs(table, np.arange(len(table))), table.y

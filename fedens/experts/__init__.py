@@ -3,8 +3,10 @@
 Adapters, each found by its registry name from config (``make_expert(name, **kwargs)``):
 ``sklearn`` (:class:`SklearnExpert`), ``torch`` (:class:`TorchExpert`), ``onnx``
 (:class:`OnnxExpert`), ``callable`` (:class:`CallableExpert`), ``causal_lm``
-(:class:`CausalLMExpert`) and ``openai_chat`` (:class:`OpenAIChatExpert`). Your own files:
-:func:`load_expert_file` (skops, ONNX, torch state dicts; pickles only if you trust them).
+(:class:`CausalLMExpert`), ``openai_chat`` (:class:`OpenAIChatExpert`) and ``prompted``
+(:class:`PromptedExpert`: either of the last two on a table's text). Your own experts:
+:func:`load_expert_entry` (files: skops, ONNX, torch state dicts, pickles only if you trust them;
+models by registry name or Hydra ``_target_``).
 """
 
 from fedens.experts.base import (
@@ -22,9 +24,10 @@ from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
 from fedens.experts.network import EXPERT_FAMILIES, train_expert_network, train_generalist_expert
 from fedens.experts.onnx_expert import OnnxExpert
 from fedens.experts.openai_endpoint import OpenAIChatExpert
+from fedens.experts.prompted import PromptedExpert
 from fedens.experts.registry import EXPERTS, make_expert, register_expert
 from fedens.experts.torch_expert import TorchExpert
-from fedens.experts.user_files import load_expert_file
+from fedens.experts.user_files import load_expert_entry, load_expert_file
 from fedens.experts.validation import ROW_SUM_TOLERANCE, check_cost, check_probabilities
 
 __all__ = [
@@ -32,6 +35,8 @@ __all__ = [
     "SklearnExpert",
     "expert_outputs",
     "load_expert_file",
+    "load_expert_entry",
+    "PromptedExpert",
     "load_experts",
     "experts_bytes",
     "save_experts",

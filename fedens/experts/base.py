@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fedens.data.rows import ExpertInputs, features
 from fedens.experts.registry import EXPERTS, register_expert
 from fedens.experts.validation import check_cost, check_num_classes, check_probabilities, task_class_columns
 from fedens.files import reproducible_zip, write_atomic
@@ -67,6 +68,11 @@ class SklearnExpert:
         self.num_classes = check_num_classes(self.num_classes, self.name)
         self.cost = check_cost(self.cost, self.name)
 
+    @property
+    def reads_text(self) -> bool:
+        """An estimator on the table's own columns takes its text columns raw."""
+        return self.table is not None
+
     def class_columns(self) -> np.ndarray:
         """The task's class number of each of the estimator's ``classes_``."""
         classes = list(self.estimator.classes_)
@@ -92,15 +98,22 @@ class SklearnExpert:
                    label_names=tuple(record["label_names"]) if record.get("label_names") else None)
 
 
-def decoded_table(X: np.ndarray, table: dict[str, Any]) -> Any:
-    """The task's encoded features ``X`` as the table's own columns (a pandas DataFrame), by the
+def decoded_table(inputs: ExpertInputs, table: dict[str, Any]) -> Any:
+    """The task's encoded features as the table's own columns (a pandas DataFrame), by the
     schema :func:`fedens.data.tables.table_schema` gives: numbers de-standardised (to float32
-    precision), one-hot blocks back to their category (one the public part lacks: None)."""
+    precision), one-hot blocks back to their category (one the public part lacks: None), text
+    columns as the raw text ``inputs`` carries (:class:`fedens.data.rows.TextRows`)."""
     import pandas as pd
 
-    columns, at = {}, 0
+    X, text, columns, at = features(inputs), getattr(inputs, "text", {}), {}, 0
     for name in table["features"]:
-        if name in table["numeric"]:
+        if name in table.get("text", {}):
+            if name not in text:
+                raise ValueError(f"text column {name!r} is missing from the inputs: expected the task's "
+                                 "text columns beside its features")
+            columns[name] = np.asarray(text[name], dtype=object)
+            at += len(table["text"][name]["words"])
+        elif name in table["numeric"]:
             mean, std = table["numeric"][name]
             columns[name] = X[:, at].astype(np.float64) * std + mean
             at += 1
@@ -124,7 +137,8 @@ def expert_outputs(experts: Sequence[Expert], X: Any) -> np.ndarray:
     outputs: list[np.ndarray] = []
     for k, expert in enumerate(experts):
         name = str(getattr(expert, "name", f"#{k}"))
-        P = check_probabilities(expert.predict_proba(X), name, num_rows=len(X))
+        inputs = X if getattr(expert, "reads_text", False) else features(X)
+        P = check_probabilities(expert.predict_proba(inputs), name, num_rows=len(X))
         if outputs and P.shape[1] != outputs[0].shape[1]:
             first = getattr(experts[0], "name", "#0")
             raise ValueError(

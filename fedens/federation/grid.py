@@ -69,7 +69,7 @@ def short_reason(text: str, limit: int = 300) -> str:
 
 #: a refusal's error code -> the failure's kind ("error": raised; "timeout": no reply)
 FAILURE_KINDS = {L.BUDGET_REFUSED: "refused", L.OPTED_OUT: "opted-out", L.DATA_INVALID: "invalid-data",
-                 L.SHARED_FILE_MISSING: "shared-file-missing"}
+                 L.SHARED_FILE_MISSING: "shared-file-missing", L.ENDPOINT_REFUSED: "endpoint-refused"}
 
 
 @dataclass

@@ -50,6 +50,7 @@ ATTACK_KIND = "attack-kind"  # hostile-site drill (fedens.federation.attacks); "
 ATTACK_SITES = "attack-sites"  # "1,5": the sites that run it
 ATTACK_SCALE = "attack-scale"
 SITE_NODES = "site-nodes"  # "0=4021,1=977": the node id each site must answer from ("": any, once)
+SIMULATED_ALLOW_ENDPOINTS = "simulated-allow-endpoints"  # simulated sites only: allow-endpoints for them
 HOLDOUT = "personalization-holdout"  # fraction of each site's records held back (0: off)
 PERSONAL_EPOCHS = "personalization-epochs"  # local fine-tuning of the global combiner
 SITE_DP_MODE = "site-dp-mode"
@@ -86,6 +87,7 @@ DATA_PATH = "data-path"
 LEDGER_PATH = "ledger-path"
 CONTRIBUTE = "contribute"  # false: the site switches its contribution off
 OUTBOX_PATH = "outbox-path"  # a folder: the site keeps a copy of every reply it sends (outbox.py)
+ALLOW_ENDPOINTS = "allow-endpoints"  # base URLs (comma-separated, or "*") its records may be sent to
 
 # Message types beyond Flower's train: the roll call that maps nodes to sites.
 ROLL_CALL = "query.site"
@@ -96,6 +98,7 @@ BUDGET_REFUSED = 1001  # its ledger cannot pay for the release
 OPTED_OUT = 1002  # it has switched its contribution off
 SHARED_FILE_MISSING = 1003  # its cached copy of a shared file is absent or altered: shipped again
 DATA_INVALID = 1004  # its records do not fit the task's schema (nothing charged)
+ENDPOINT_REFUSED = 1005  # an expert would send its records to an endpoint it has not allowed
 
 
 def site_dir(run_dir: str | Path, site: int) -> Path:
@@ -116,6 +119,7 @@ def experts_path(run_dir: str | Path) -> Path:
 def coordinator_test_path(run_dir: str | Path) -> Path:
     """The coordinator's evaluation split (it never holds site data)."""
     return Path(run_dir) / "coordinator" / "test.npz"
+
 
 
 def task_schema_path(run_dir: str | Path) -> Path:
@@ -177,6 +181,19 @@ def open_site_ledger(settings: Mapping[str, Any], node_config: Mapping[str, Any]
 def contributes(node_config: Mapping[str, Any]) -> bool:
     """False when the site has switched its contribution off (``contribute=false``)."""
     return str(node_config.get(CONTRIBUTE, "true")).lower() not in ("false", "0", "no")
+
+
+def allowed_endpoints(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> set[str]:
+    """The endpoint base URLs (``"*"``: any) the site lets its records go to: its node_config's
+    ``allow-endpoints``; a simulated site, whose records the coordinator wrote itself (no
+    ``data-path`` of its own), follows the run's ``federation.allow_endpoints``."""
+    if ALLOW_ENDPOINTS in node_config:
+        said = node_config[ALLOW_ENDPOINTS]
+    elif not node_config.get(DATA_PATH):
+        said = settings.get(SIMULATED_ALLOW_ENDPOINTS, "")
+    else:
+        said = ""
+    return {u.strip().rstrip("/") for u in str(said).split(",") if u.strip()}
 
 
 def opted_out_reason(site: int) -> str:

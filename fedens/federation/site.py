@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 
+from fedens.data.rows import ExpertInputs, features, from_npz
 from fedens.data.schema import DataSchemaError, TaskSchema
 from fedens.federation import layout as L
 from fedens.federation import shipping
@@ -31,11 +32,15 @@ from fedens.privacy.errors import BudgetExceeded
 if TYPE_CHECKING:
     from fedens.privacy import PrivacyLedger
 
-Records = tuple[np.ndarray, np.ndarray]
+Records = tuple[ExpertInputs, np.ndarray]  # (the experts' inputs: features [with text], labels)
 
 
 class OptedOut(RuntimeError):
     """The site has switched its contribution off."""
+
+
+class EndpointRefused(RuntimeError):
+    """An expert would send the site's records to an endpoint the site has not allowed."""
 
 
 #: what a site refuses, and the error code its reply carries
@@ -44,6 +49,7 @@ REFUSALS: dict[type[Exception], int] = {
     OptedOut: L.OPTED_OUT,
     shipping.SharedFileMissing: L.SHARED_FILE_MISSING,
     DataSchemaError: L.DATA_INVALID,
+    EndpointRefused: L.ENDPOINT_REFUSED,
 }
 
 
@@ -94,21 +100,21 @@ class SiteRequest:
             from fedens.data.tables import read_site_table
 
             try:
-                X, y = read_site_table(self.data_path, fields["table"])
+                inputs, y = read_site_table(self.data_path, fields["table"])
             except DataSchemaError as error:
                 raise DataSchemaError(f"site {self.site}: {error}") from None
-            schema.check(X, y, where=f"site {self.site}: {self.data_path.name}")
-            return X, y
+            schema.check(features(inputs), y, where=f"site {self.site}: {self.data_path.name}")
+            return inputs, y
         with np.load(self.data_path) as data:
             if missing := [c for c in ("X", "y") if c not in data.files]:
                 raise DataSchemaError(f"site {self.site}: {self.data_path.name} has no column "
                                       f"{missing[0]!r}: expected columns 'X' (features) and 'y' (labels)")
-            X, y = data["X"], data["y"]
-        schema.check(X, y, where=f"site {self.site}: {self.data_path.name}")
-        return X, (y if np.issubdtype(y.dtype, np.integer) else y.astype(np.int64))
+            inputs, y = from_npz(data), data["y"]
+        schema.check(features(inputs), y, where=f"site {self.site}: {self.data_path.name}")
+        return inputs, (y if np.issubdtype(y.dtype, np.integer) else y.astype(np.int64))
 
     def records(self) -> tuple[Records, Records]:
-        """``((X, y) to train on, (X, y) held back)``, checked against the task's schema."""
+        """``((inputs, y) to train on, (inputs, y) held back)``, checked against the task's schema."""
         X, y = self.all_records()
         train, held = split_holdout(len(y), float(self.settings[L.HOLDOUT]),
                                     int(self.settings[L.SEED]), self.site)
@@ -119,10 +125,20 @@ class SiteRequest:
         return L.shared_file(self.settings, self.node_config, key)
 
     def experts(self) -> list:
-        """The network's shared experts."""
+        """The network's shared experts; EndpointRefused if one would send the site's records to
+        an endpoint its node_config does not allow (checked before any expert is called)."""
         from fedens.experts import load_experts  # sklearn & co.: only when a site calls its experts
 
-        return load_experts(self.shared_file(L.EXPERTS_PATH))
+        experts = load_experts(self.shared_file(L.EXPERTS_PATH))
+        allowed = L.allowed_endpoints(self.settings, self.node_config)
+        for expert in experts:
+            url = expert.sends_records_to() if hasattr(expert, "sends_records_to") else None
+            if url and "*" not in allowed and url.rstrip("/") not in allowed:
+                raise EndpointRefused(f"site {self.site}: expert {expert.name!r} would send the site's "
+                                      f"records to {url}, which it has not allowed: set node_config "
+                                      f"{L.ALLOW_ENDPOINTS}=\"{url}\" to allow it (simulation: "
+                                      f"federation.allow_endpoints=[{url}])")
+        return experts
 
     def initial_combiner(self) -> Any:
         """The combiner before training, of the kind its file is tagged with."""
@@ -130,10 +146,10 @@ class SiteRequest:
 
         return load_combiner(self.shared_file(L.INITIAL_COMBINER_PATH))
 
-    def expert_outputs(self, X: np.ndarray) -> np.ndarray:
-        """The shared experts' outputs ``(n, K, C)`` on the site's records ``X``, from its own cache
-        when there (then neither the experts nor their libraries are loaded)."""
-        return cached_expert_outputs(self.folder, self.shared_file(L.EXPERTS_PATH), X, self.experts)
+    def expert_outputs(self, inputs: ExpertInputs) -> np.ndarray:
+        """The shared experts' outputs ``(n, K, C)`` on the site's records ``inputs``, from its own
+        cache when there (then neither the experts nor their libraries are loaded)."""
+        return cached_expert_outputs(self.folder, self.shared_file(L.EXPERTS_PATH), inputs, self.experts)
 
     @contextmanager
     def ledger(self) -> Iterator[PrivacyLedger]:

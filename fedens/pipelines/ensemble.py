@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.table import Table
 
 from fedens.combiners import (
@@ -45,19 +45,23 @@ from fedens.config_schema import (
 )
 from fedens.data import PARTITIONS, load_task
 from fedens.data.datasets import DATASETS, SplitSizes, TaskData, split_sizes
+from fedens.data.rows import text_arrays
 from fedens.data.shift import SCANNERS, SHIFTS, shift_task, site_devices
 from fedens.data.tables import TableError, load_table_task, table_schema
-from fedens.experts import expert_outputs, experts_bytes, load_expert_file, train_expert_network
+from fedens.experts import expert_outputs, experts_bytes, load_expert_entry, train_expert_network
+from fedens.experts.language_model import CausalLMExpert
 from fedens.experts.network import EXPERT_FAMILIES
+from fedens.experts.prompted import PromptedExpert
 from fedens.federation import layout as L
 from fedens.federation import site_dp
 from fedens.federation.attacks import ATTACKS
 from fedens.federation.ensemble.client import make_client_app
 from fedens.federation.ensemble.personalization import FOLDS
 from fedens.federation.ensemble.server import make_server_app
+from fedens.federation.outputs_cache import cached_expert_outputs
 from fedens.federation.site import split_holdout
 from fedens.federation.strategies import STRATEGIES, check_strategy
-from fedens.files import npz_bytes, sha256_bytes, sha256_file, torch_bytes, write_atomic
+from fedens.files import cache_root, npz_bytes, sha256_bytes, sha256_file, torch_bytes, write_atomic
 from fedens.runs import FederationFailed, Pipeline, RunContext, federation_failure, register_pipeline
 from fedens.runs.backends import FlowerApps, federate
 from fedens.runs.console import console, fmt
@@ -204,6 +208,10 @@ DATA_SCHEMA = Schema([
     Rule("data.label", lambda v, cfg: isinstance(v, str) and v.strip() != "", "the name of its label column",
          when=_local),
     one_of("data.shift", ("none",), when=_local),
+    Rule("data.text", lambda v, cfg: v is None or (isinstance(v, ListConfig)
+                                                  and all(isinstance(c, str) for c in v)),
+         "a list of free-text columns, e.g. [review]", when=_local),
+    integer("data.text_features", when=_local),
     one_of("data.shift", SHIFTS),
     fraction("data.public_fraction"),
     fraction("data.test_fraction"),
@@ -226,14 +234,22 @@ def _table_schema(cfg: DictConfig) -> dict[str, Any] | None:
     return table_schema(load_table_task(cfg.data, _site_column(cfg), cfg.seed), cfg.data.label)
 
 
-def _file_experts(cfg: DictConfig, task: TaskData) -> list:
-    """``experts=files``: the user's own experts (fedens.experts.user_files); with data=local each
-    takes the table's own columns."""
+def _own_experts(cfg: DictConfig, task: TaskData, calibrate: bool = True) -> list:
+    """``experts=own``: the user's own experts (fedens.experts.user_files); with data=local each
+    takes the table's own columns. ``calibrate``: fit each prompted expert's class bias on the
+    public records (when it asks for one)."""
     table = _table_schema(cfg)
     label_names = tuple(table["labels"]) if table else None
-    entries = OmegaConf.to_container(cfg.experts.paths)
-    return [load_expert_file(entry, task.num_classes, table, label_names, bool(cfg.experts.trust_pickles),
-                             num_features=task.public.X.shape[1]) for entry in entries]
+    entries = OmegaConf.to_container(cfg.experts.members)
+    experts = [load_expert_entry(entry, task.num_classes, table, label_names, bool(cfg.experts.trust_pickles),
+                                 num_features=task.public.X.shape[1]) for entry in entries]
+    for expert in experts:
+        if isinstance(getattr(expert, "inner", None), CausalLMExpert) and expert.inner.cache_path is None:
+            expert.inner.cache_path = cache_root() / "lm-scores.sqlite"  # the coordinator's (never shipped)
+        if calibrate and isinstance(expert, PromptedExpert) and expert.calibrate and expert.bias is None:
+            console.print(f"experts  {expert.name}: calibrating on {len(task.public)} public records")
+            expert.fit_bias(task.public.inputs(), task.public.y)
+    return experts
 
 
 def _trained_experts(cfg: DictConfig, task: TaskData) -> list:
@@ -245,7 +261,7 @@ def _trained_experts(cfg: DictConfig, task: TaskData) -> list:
 
 #: experts.name -> how the network's experts are made (both from public or the user's own files)
 EXPERT_SOURCES: dict[str, Callable[[DictConfig, TaskData], list]] = {
-    "mixed_families": _trained_experts, "files": _file_experts}
+    "mixed_families": _trained_experts, "own": _own_experts}
 
 
 def _expert_files_problem(cfg: DictConfig) -> str:
@@ -253,14 +269,15 @@ def _expert_files_problem(cfg: DictConfig) -> str:
     fails on a few public records (inputs it does not take, labels the task lacks)."""
     try:
         task = load_data(cfg)[0]
-        expert_outputs(_file_experts(cfg, task), task.public.X[:8])
+        expert_outputs(_own_experts(cfg, task, calibrate=False), task.public.inputs()[:8])
     except ValueError as error:
         return str(error)
     return ""
 
 
 def _expert_entry(entry: Any) -> bool:
-    return isinstance(entry, str) or (isinstance(entry, DictConfig) and isinstance(entry.get("path"), str))
+    return isinstance(entry, str) or (isinstance(entry, DictConfig) and any(
+        isinstance(entry.get(key), str) for key in ("path", "kind", "_target_")))
 
 
 EXPERTS_SCHEMA = Schema([
@@ -271,11 +288,12 @@ EXPERTS_SCHEMA = Schema([
             when=_trained),
     fraction("experts.in_fraction", hi_open=False, when=_trained),
     fraction("experts.out_fraction", lo_open=False, hi_open=False, when=_trained),
-    Rule("experts.paths", lambda v, cfg: len(v) >= 1 and all(_expert_entry(e) for e in v),
-         "a list of expert files, each a path or {path: FILE, ...}", when=lambda cfg: not _trained(cfg)),
+    Rule("experts.members", lambda v, cfg: len(v) >= 1 and all(_expert_entry(e) for e in v),
+         "a list of experts, each a file path, {path: FILE, ...}, {kind: causal_lm|openai_chat, ...} or "
+         "{_target_: package.Class, ...}", when=lambda cfg: not _trained(cfg)),
     Rule("experts.trust_pickles", lambda v, cfg: isinstance(v, bool), "true or false",
          when=lambda cfg: not _trained(cfg)),
-    checked("experts.paths", _expert_files_problem, "expert files fedens can load",
+    checked("experts.members", _expert_files_problem, "experts fedens can load and run on the task",
             when=lambda cfg: not _trained(cfg)),
 ])
 
@@ -384,6 +402,7 @@ def federation_settings(cfg: DictConfig, run_dir: Path, resume: bool = False) ->
         L.ATTACK_SITES: ",".join(str(int(s)) for s in cfg.federation.attack.sites),
         L.ATTACK_SCALE: float(cfg.federation.attack.scale),
         L.SITE_NODES: ",".join(f"{site}={int(n)}" for site, n in enumerate(cfg.federation.site_nodes)),
+        L.SIMULATED_ALLOW_ENDPOINTS: ",".join(str(u) for u in cfg.federation.allow_endpoints),
         L.PERSONAL_EPOCHS: cfg.federation.personalization.epochs,
         **plan_of(cfg).settings(cfg),
     }
@@ -417,8 +436,9 @@ def partitioned_task(cfg: DictConfig) -> tuple[TaskData, list[np.ndarray], np.nd
 
 
 def site_data_bytes(task: TaskData, records: np.ndarray) -> bytes:
-    """One site's ``data.npz``: its records ``X`` and labels ``y``."""
-    return npz_bytes(X=task.private.X[records], y=task.private.y[records])
+    """One site's ``data.npz``: its records ``X`` and labels ``y`` (and text columns, if any)."""
+    return npz_bytes(X=task.private.X[records], y=task.private.y[records],
+                     **text_arrays(task.private.inputs()[records]))
 
 
 def prepare(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
@@ -443,15 +463,17 @@ def prepare(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, A
     for site, records in enumerate(sites):
         _write_prepared(run_dir, L.site_dir(run_dir, site) / "data.npz", site_data_bytes(task, records),
                         resume, site_owned=True)
-    _write_prepared(run_dir, L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y),
+    _write_prepared(run_dir, L.coordinator_test_path(run_dir), npz_bytes(X=task.test.X, y=task.test.y,
+                                                                        **text_arrays(task.test.inputs())),
                     resume)
     schema = {"num_features": int(task.test.X.shape[1]), "num_classes": task.num_classes}
     if table := _table_schema(cfg):  # a site may bring its own table (public statistics only)
         schema["table"] = table
     _write_prepared(run_dir, L.task_schema_path(run_dir), json.dumps(schema).encode(), resume)
     # the experts' outputs on the splits the baselines and the comparison score, computed once
-    outputs = {"test": expert_outputs(experts, task.test.X),
-               "private": expert_outputs(experts, task.private.X)}
+    outputs = {"test": cached_expert_outputs(L.coordinator_test_path(run_dir).parent, L.experts_path(run_dir),
+                                             task.test.inputs(), lambda: experts),  # kept for the ServerApp
+               "private": expert_outputs(experts, task.private.inputs())}
     site_names = sorted(set(groups.tolist())) if groups is not None else None  # natural_id: site i's value
     return {"task": task, "sites": sites, "site_names": site_names, "experts": experts, "initial": initial,
             "outputs": outputs}

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedens.config_schema import ConfigError, Rule, Schema, integer
 from fedens.runs.trackers import tracker_problem
 
-# ${len:${experts.paths}}: a count that follows a list in the config (experts=files).
+# ${len:${experts.members}}: a count that follows a list in the config (experts=own).
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda items: len(items))
 

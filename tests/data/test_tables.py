@@ -107,7 +107,7 @@ def test_the_quickstart_runs_on_your_table_with_your_experts_by_config_alone(tmp
                torch_file(frame, numbers, tmp_path / "linear.pt")]  # a torch state dict
     cfg = compose(["data=local", f"data.path={tmp_path / 'wine.csv'}", "data.label=cultivar",
                    "partition=natural_id", "partition.column=hospital", "federation.num_sites=4",
-                   "federation.num_rounds=3", "experts=files", f"experts.paths={hydra_value(entries)}",
+                   "federation.num_rounds=3", "experts=own", f"experts.members={hydra_value(entries)}",
                    "combiner.top_k=1", "combiner.central_epochs=5"])
     results = run(cfg, run_dir=tmp_path / "run")
     assert results["data"]["name"] == "wine.csv" and results["data"]["num_classes"] == 3

@@ -63,6 +63,17 @@ def make_openai_chat(request):
     return OpenAIChatExpert(base_url=server.url, model="logprobs", name="loopback", timeout=5), QUESTIONS
 
 
+def make_prompted(request):
+    from fedens.data.rows import TextRows
+    from fedens.experts import PromptedExpert
+
+    server = request.getfixturevalue("chat_server")
+    inner = OpenAIChatExpert(base_url=server.url, model="logprobs", name="loopback", timeout=5)
+    rows = TextRows(X_TABLE[:3], {"review": np.array(["tasty", "stale", "fine"])})
+    return PromptedExpert(inner, "Review: {review}", ("great", "other", "so-so"), name="prompted-loopback",
+                          calibrate=False), rows
+
+
 FACTORIES = {
     "sklearn": make_sklearn,
     "torch": make_torch,
@@ -70,6 +81,7 @@ FACTORIES = {
     "callable": make_callable,
     "causal_lm": make_causal_lm,
     "openai_chat": make_openai_chat,
+    "prompted": make_prompted,
 }
 
 

@@ -16,6 +16,7 @@ from fedens.experts import (
     CausalLMExpert,
     OnnxExpert,
     OpenAIChatExpert,
+    PromptedExpert,
     SklearnExpert,
     TorchExpert,
     check_probabilities,
@@ -66,6 +67,7 @@ def test_registry_finds_every_adapter_by_name():
         "callable": CallableExpert,
         "causal_lm": CausalLMExpert,
         "openai_chat": OpenAIChatExpert,
+        "prompted": PromptedExpert,
     }
     estimator = GaussianNB().fit(X, [0, 1, 2, 0, 1, 2])
     built = [
@@ -98,6 +100,7 @@ def test_a_cost_that_is_not_positive_is_refused_for_every_adapter(adapter, cost)
         "callable": dict(fn=uniform(3), num_classes=3),
         "causal_lm": {},
         "openai_chat": dict(base_url="http://127.0.0.1:9/v1", model="m"),
+        "prompted": dict(inner=CallableExpert(uniform(2), 2, "u"), prompt="{t}", answers=("a", "b")),
     }[adapter]
     fail_one_line(lambda: make_expert(adapter, name="pricey", cost=cost, **kwargs), "'pricey'", repr(cost))
 

@@ -36,9 +36,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 
 from fedens.combiners import CascadeCombiner, combiner_state, confidence_histograms
-from fedens.experts import expert_outputs, load_experts
+from fedens.data.rows import features
 from fedens.federation import layout as L
 from fedens.federation.grid import SiteGrid, parse_site_nodes, wait_for_sites
+from fedens.federation.outputs_cache import coordinator_test_outputs
 from fedens.federation.shipping import Shipment
 from fedens.federation.site import SiteRequest, site_handler
 from fedens.files import torch_bytes, write_atomic
@@ -93,8 +94,8 @@ def answer_histograms(request: SiteRequest) -> Message:
     """The site's noisy confidence histograms, charged to its ledger before they are made."""
     torch.set_num_threads(1)
     s, site = request.settings, request.site
-    (X, y), _ = request.records()  # checked against the task's schema before anything is spent
-    P = request.expert_outputs(X)
+    (inputs, y), _ = request.records()  # checked against the task's schema before anything is spent
+    P = request.expert_outputs(inputs)
     K, grid, delta = P.shape[1], grid_of(s), float(s[L.DELTA])
     z = calibrate_histogram_noise(float(s[L.TARGET_EPSILON]), delta)
     exact = confidence_histograms(P, y, grid)  # nothing leaves the site before the charge
@@ -134,9 +135,8 @@ def calibrate_federated(grid: Grid, s: Mapping[str, Any], progress: Callable[[di
     total = sum(r.content["histograms"]["histograms"].numpy() for r in replies)
     cascade.calibrate_from_histograms(total, grid_of(s), margin=float(s[L.CASCADE_MARGIN]),
                                       min_count=float(s[L.CASCADE_MIN_COUNT]))
-    with np.load(L.coordinator_test_path(run_dir)) as test:
-        X_test, y_test = test["X"], test["y"]
-    P_test = expert_outputs(load_experts(s[L.EXPERTS_PATH]), X_test)
+    test_inputs, y_test, P_test = coordinator_test_outputs(s)
+    X_test = features(test_inputs)
     reports = {str(int(r.content["metrics"]["site"])): dict(r.content["metrics"]) for r in replies}
     row = {"round": 1, **cascade.scores(P_test, X_test, y_test),
            "sites_reporting": len(replies), "sites_failed": len(failures),

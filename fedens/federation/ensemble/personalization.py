@@ -24,6 +24,7 @@ from flwr.app import Message, MetricRecord
 
 from fedens.combiners import GatedEnsemble
 from fedens.combiners.training import train_gated_ensemble
+from fedens.data.rows import features
 from fedens.federation import layout as L
 from fedens.federation.site import SiteRequest, site_handler
 from fedens.files import torch_bytes, write_atomic
@@ -64,10 +65,11 @@ def personalize_site(request: SiteRequest) -> Message:
     comparison on the held-back part in the site's own folder. Its reply carries no data."""
     torch.set_num_threads(1)
     s, site = request.settings, request.site
-    (X, y), (X_held, y_held) = request.records()
+    (inputs, y), (held, y_held) = request.records()
     if len(y_held) == 0:
         return request.reply(metrics=MetricRecord({"site": site, "personalized": 0}))
-    P, P_held = request.expert_outputs(X), request.expert_outputs(X_held)
+    P, P_held = request.expert_outputs(inputs), request.expert_outputs(held)
+    X, X_held = features(inputs), features(held)
     global_model = request.initial_combiner()
     global_model.load_trainable(request.msg.content["arrays"].to_torch_state_dict())
     seed = int(s[L.SEED]) * 1000 + site

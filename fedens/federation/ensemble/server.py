@@ -14,22 +14,21 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedens.combiners import combiner_state, load_combiner
-from fedens.experts import expert_outputs, load_experts
+from fedens.data.rows import features
 from fedens.federation import layout as L
 from fedens.federation import site_dp
 from fedens.federation.checkpoint import load_checkpoint, save_checkpoint
 from fedens.federation.ensemble.histograms import calibrate_federated
 from fedens.federation.ensemble.rounds import RoundOutcome, run_rounds
 from fedens.federation.grid import SiteGrid, coordinator_app, parse_site_nodes
+from fedens.federation.outputs_cache import coordinator_test_outputs
 from fedens.federation.shipping import Shipment
 from fedens.federation.strategies import make_strategy
 from fedens.files import torch_bytes, write_atomic
@@ -80,9 +79,8 @@ def train_rounds(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | None, 
     """``dpsgd_rounds``: the federated rounds, with checkpoints; with ``resume`` set, continued
     from the run directory's last checkpoint."""
     run_dir = s[L.RUN_DIR]
-    with np.load(L.coordinator_test_path(run_dir)) as test:
-        X_test, y_test = test["X"], test["y"]
-    P_test = expert_outputs(load_experts(Path(s[L.EXPERTS_PATH])), X_test)
+    test_inputs, y_test, P_test = coordinator_test_outputs(s)
+    X_test = features(test_inputs)
     num_rounds, top_k, every = int(s[L.NUM_ROUNDS]), int(s[L.TOP_K]), int(s[L.CHECKPOINT_EVERY])
     strategy = make_strategy_of(s)
     arrays = ArrayRecord(model.trainable_state())

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 
 from fedens.combiners import GatedEnsemble
 from fedens.combiners.training import combiner_dataset, make_optimizer, run_epochs, training_seed
+from fedens.data.rows import ExpertInputs, features, sorted_text
 from fedens.federation import layout as L
 from fedens.federation import site_dp
 from fedens.federation.attacks import attacked
@@ -46,7 +47,7 @@ def _dpsgd_history(ledger: PrivacyLedger, but: str) -> list[tuple[float, float, 
             for r in ledger.records() if r["mechanism"] == "dpsgd" and r["release_key"] != but]
 
 
-def _release_key(request: SiteRequest, server_round: int, received: ArrayRecord, X: np.ndarray,
+def _release_key(request: SiteRequest, server_round: int, received: ArrayRecord, inputs: ExpertInputs,
                  y: np.ndarray, mechanism: Mapping[str, Any], proximal_mu: float) -> str:
     """Names this round's update by everything that determines it: the DP-SGD parameters, the
     records trained on, the global parameters received, the shared files, the training settings,
@@ -56,7 +57,8 @@ def _release_key(request: SiteRequest, server_round: int, received: ArrayRecord,
         "dpsgd", f"site-{request.site}/round-{server_round}",
         mechanism=dict(mechanism), seed=int(s[L.SEED]), proximal_mu=proximal_mu,
         lr=float(s[L.LEARNING_RATE]), batch_size=int(s[L.BATCH_SIZE]), epochs=int(s[L.LOCAL_EPOCHS]),
-        records_sha256=sha256_arrays(X, y), received_sha256=sha256_state(received.to_torch_state_dict()),
+        records_sha256=sha256_arrays(features(inputs), y, *sorted_text(inputs)),
+        received_sha256=sha256_state(received.to_torch_state_dict()),
         shared_sha256={key: sha256_file(request.shared_file(key))
                        for key in (L.EXPERTS_PATH, L.INITIAL_COMBINER_PATH)},
     )
@@ -71,8 +73,8 @@ def train_site(request: SiteRequest) -> Message:
     config = msg.content["config"]
     server_round = int(config["server-round"])
     _drill(s, site, server_round)
-    (X, y), _ = request.records()  # checked against the task's schema before anything is spent
-    P = request.expert_outputs(X)
+    (inputs, y), _ = request.records()  # checked against the task's schema before anything is spent
+    P, X = request.expert_outputs(inputs), features(inputs)
 
     batch_size, epochs = int(s[L.BATCH_SIZE]), int(s[L.LOCAL_EPOCHS])
     delta = float(s[L.DELTA])
@@ -83,7 +85,7 @@ def train_site(request: SiteRequest) -> Message:
     mechanism = {"noise_multiplier": sigma, "sample_rate": rate, "steps": steps,
                  "max_grad_norm": float(s[L.MAX_GRAD_NORM])}
     proximal_mu = float(config.get("proximal-mu", 0.0))
-    key = _release_key(request, server_round, received, X, y, mechanism, proximal_mu)
+    key = _release_key(request, server_round, received, inputs, y, mechanism, proximal_mu)
     with request.ledger() as ledger:  # the budget is checked, and the event recorded, before release
         history = _dpsgd_history(ledger, but=key)  # Opacus adds this round's steps itself
         sent_before = ledger.recorded_output(key)
