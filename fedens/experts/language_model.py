@@ -111,6 +111,7 @@ def load_causal_lm(model_path: str | Path, gguf_file: str | None = None) -> tupl
     # No hub access: local_files_only guarantees it; the variable covers a first import of the hub client.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = _transformers()
+    transformers.utils.logging.disable_progress_bar()  # a bar per load: noise in a run's output
     AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
 
     path = Path(model_path)

@@ -35,3 +35,15 @@ def as_array(x: np.ndarray) -> Any:
     from flwr.app import Array
 
     return Array(np.ascontiguousarray(x))
+
+
+#: what a query batch holds, by the pool's kind: uint8 images or unicode texts
+QUERY_KEYS = ("images", "texts")
+
+
+def query_array(record: Any) -> np.ndarray:
+    """The query batch a ``queries`` ArrayRecord carries (its one array, images or texts)."""
+    key = next((k for k in QUERY_KEYS if k in record), None)
+    if key is None:
+        raise ValueError(f"a query batch holds {sorted(record)}: expected one of {list(QUERY_KEYS)}")
+    return record[key].numpy()

@@ -1,5 +1,6 @@
-"""PATE at the coordinator: teachers trained at the sites, the query pool labelled batch by
-batch with the mechanism over the sites' summed votes, each batch settled at every site."""
+"""PATE at the coordinator: teachers made at the sites, the query pool (images or texts)
+labelled batch by batch with the mechanism over the sites' summed votes, each batch settled at
+every site."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedens.federation import layout as L
 from fedens.federation.grid import coordinator_app, wait_for_sites
-from fedens.federation.votes import RESERVATION, as_array
+from fedens.federation.votes import QUERY_KEYS, RESERVATION, as_array
 from fedens.files import npz_bytes, write_atomic
 from fedens.privacy import make_mechanism
 
@@ -66,7 +67,9 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
         + (f"; failed: {failed}" if failed else ""))
 
     with np.load(s[L.POOL_PATH]) as pool:
-        images = pool["images"][: int(s[L.NUM_QUERIES])]
+        kind = next(k for k in QUERY_KEYS if k in pool.files)  # images or texts
+        queries = pool[kind][: int(s[L.NUM_QUERIES])]
+    num_classes = int(json.loads(str(s[L.TASK_SCHEMA]))["num_classes"])
     mechanism = make_mechanism(str(s[L.MECHANISM]), **json.loads(str(s[L.MECHANISM_PARAMS])))
     config = {"mechanism": mechanism.name, "params": json.dumps(mechanism.params())}
     rng = np.random.default_rng(int(s[L.SEED]))
@@ -74,15 +77,15 @@ def coordinate_pate(grid: Grid, s: Mapping[str, Any], progress: ProgressFn | Non
     # finish (its teachers cached) and vote
     out = _Labelling()
     batch_size = int(s[L.QUERY_BATCH])
-    for b, start in enumerate(range(0, len(images), batch_size)):
-        batch = images[start: start + batch_size]
+    for b, start in enumerate(range(0, len(queries), batch_size)):
+        batch = queries[start: start + batch_size]
         replies, failed = _send(grid, nodes, "query.votes", {
             "config": ConfigRecord({**config, "batch": b}),
-            "queries": ArrayRecord({"images": as_array(batch)})}, timeout)
+            "queries": ArrayRecord({kind: as_array(batch)})}, timeout)
         if not replies:
             out.refused += len(batch)
             out.add(np.full(len(batch), -1), np.zeros(len(batch), dtype=bool),
-                    np.zeros((len(batch), 10), dtype=np.int64), settled=False)
+                    np.zeros((len(batch), num_classes), dtype=np.int64), settled=False)
             say(f"queries  batch {b}: no site contributed ({failed})")
             continue
         votes = sum(r.content["votes"]["votes"].numpy() for r in replies)
@@ -180,3 +183,8 @@ def make_pate_server_app(settings: Mapping[str, Any] | None = None,
 def pool_file(path: Path, images: np.ndarray) -> None:
     """Write the coordinator's public query pool (uint8 images)."""
     write_atomic(path, npz_bytes(images=(np.clip(images, 0, 1) * 255).round().astype(np.uint8)))
+
+
+def text_pool_file(path: Path, texts: np.ndarray) -> None:
+    """Write the coordinator's public query pool of texts (unicode, read without pickle)."""
+    write_atomic(path, npz_bytes(texts=np.asarray(texts, dtype=str)))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ from fedens.data.schema import DataSchemaError
 from fedens.experts.teachers import TeacherCNNs, TeacherConfig, label_prior_shift
 from fedens.federation import layout as L
 from fedens.federation.outbox import record_outgoing
-from fedens.federation.site import SiteRequest, site_handler
-from fedens.federation.votes import RESERVATION, as_array
+from fedens.federation.site import SiteRequest, site_handler, task_fields
+from fedens.federation.votes import RESERVATION, as_array, query_array
 from fedens.files import write_atomic
 from fedens.privacy import Mechanism, Release, make_mechanism
 from fedens.privacy.release_keys import release_key
@@ -42,40 +43,104 @@ def teacher_shards(num_records: int, num_teachers: int, seed: int) -> list[np.nd
     return np.array_split(np.random.default_rng(seed).permutation(num_records), num_teachers)
 
 
-def _site_teachers(request: SiteRequest) -> tuple[TeacherCNNs, bool, list[np.ndarray], str]:
-    """The site's teachers, trained on disjoint shards of its data or loaded from its cache;
-    also each shard's labels (they never leave the site) and the key naming the teachers."""
+@dataclass(frozen=True)
+class SiteTeachers:
+    """A site's teachers as the vote handler uses them: the vote histogram of a query batch (the
+    queries as the coordinator sent them), their number, whether they were trained just now, and
+    the key naming them (in every release key)."""
+
+    votes: Callable[[np.ndarray], np.ndarray]
+    num_teachers: int
+    trained: bool
+    key: str
+
+
+def _records_sha256(X: np.ndarray, y: np.ndarray, *text: np.ndarray) -> str:
+    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (X, y, *text))).hexdigest()
+
+
+def _cnn_teachers(request: SiteRequest, num_teachers: int, seed: int) -> SiteTeachers:
+    """CNNs, one per disjoint shard of the site's images, trained here or loaded from its cache."""
     s, site = request.settings, request.site
-    num_teachers, config = int(json.loads(str(s[L.TEACHERS_PER_SITE]))[site]), _teacher_config(s)
-    seed = teacher_seed(int(s[L.SEED]), site)
+    config = _teacher_config(s)
     shared = str(s[L.TEACHER_CACHE_DIR])
     cache = (Path(shared) / f"site_{site}" if shared else request.data_path.parent) / "teachers.pt"
     cache.parent.mkdir(parents=True, exist_ok=True)
     raw, y = request.all_records()  # checked against the task's schema before anything is spent
     key = json.dumps({"teachers": num_teachers, "config": repr(config), "seed": seed,
-                      "data_sha256": hashlib.sha256(raw.tobytes() + y.tobytes()).hexdigest()})
+                      "data_sha256": _records_sha256(raw, y)})
     key_file = cache.with_suffix(".json")
     if len(y) < num_teachers:
         raise DataSchemaError(f"site {site}: {len(y)} records cannot make {num_teachers} disjoint shards: "
                               f"expected at least {num_teachers} records")
     shards = teacher_shards(len(y), num_teachers, seed)
     shard_labels = [y[i] for i in shards]
-    if cache.is_file() and key_file.is_file() and key_file.read_text() == key:
-        return TeacherCNNs.load(cache), False, shard_labels, key
-    X = raw.astype(np.float32) / 255.0
-    teachers = TeacherCNNs.fit([X[i] for i in shards], shard_labels, config, seed)
-    teachers.save(cache)
-    write_atomic(key_file, key)
-    return teachers, True, shard_labels, key
+    trained = not (cache.is_file() and key_file.is_file() and key_file.read_text() == key)
+    if trained:
+        X = raw.astype(np.float32) / 255.0
+        teachers = TeacherCNNs.fit([X[i] for i in shards], shard_labels, config, seed)
+        teachers.save(cache)
+        write_atomic(key_file, key)
+    else:
+        teachers = TeacherCNNs.load(cache)
+    strength = float(s[L.TEACHER_PRIOR_CORRECTION])
+    shift = label_prior_shift(shard_labels, teachers.num_classes, strength) if strength else None
+    return SiteTeachers(lambda images: teachers.votes(images.astype(np.float32) / 255.0, logit_shift=shift),
+                        teachers.num_teachers, trained, key)
+
+
+def _prompted_lm_teachers(request: SiteRequest, num_teachers: int, seed: int) -> SiteTeachers:
+    """A language model prompted with ``shots`` of the site's labelled records per teacher, the
+    sets disjoint; the model is the site's own copy of the one the run names (checked by sha256)."""
+    from fedens.experts import CausalLMExpert
+    from fedens.experts.prompted_teachers import PromptedTeachers, disjoint_examples
+
+    s, site = request.settings, request.site
+    prompt = json.loads(str(s[L.TEACHER_PROMPT]))
+    inputs, y = request.all_records()  # checked against the task's schema before anything is spent
+    texts = getattr(inputs, "text", {}).get(prompt["column"])
+    if texts is None:
+        raise DataSchemaError(f"site {site}: {request.data_path.name} has no text column "
+                              f"{prompt['column']!r}: expected the task's text beside its labels")
+    try:
+        shards = disjoint_examples(y, num_teachers, int(prompt["shots"]), seed)
+    except ValueError as error:
+        raise DataSchemaError(f"site {site}: {error}") from None
+    try:
+        lm = CausalLMExpert.from_record(json.loads(str(s[L.TEACHER_LM])))
+    except ValueError as error:
+        raise DataSchemaError(f"site {site}: {error}") from None
+    lm.cache_path = request.folder / "cache" / "lm-scores.sqlite"  # the site's own: never leaves it
+    lm.cache_path.parent.mkdir(parents=True, exist_ok=True)
+    teachers = PromptedTeachers(lm, [[(str(texts[i]), int(y[i])) for i in shard] for shard in shards],
+                                tuple(prompt["answers"]), max_chars=prompt["max_chars"],
+                                calibrate=prompt["calibrate"])
+    key = json.dumps({"teachers": num_teachers, "prompt": prompt, "seed": seed, "model": lm.model_id(),
+                      "data_sha256": _records_sha256(inputs.X, y, texts)}, sort_keys=True)
+    num_classes = int(task_fields(s)["num_classes"])
+    return SiteTeachers(lambda queries: teachers.votes(list(queries), num_classes), teachers.num_teachers,
+                        False, key)
+
+
+#: the run's teacher kind (``teacher-kind``) -> how a site makes its teachers
+TEACHER_KINDS: dict[str, Callable[[SiteRequest, int, int], SiteTeachers]] = {
+    "cnn": _cnn_teachers, "prompted_lm": _prompted_lm_teachers}
+
+
+def _site_teachers(request: SiteRequest) -> SiteTeachers:
+    s = request.settings
+    kind = str(s.get(L.TEACHER_KIND) or "cnn")
+    num_teachers = int(json.loads(str(s[L.TEACHERS_PER_SITE]))[request.site])
+    return TEACHER_KINDS[kind](request, num_teachers, teacher_seed(int(s[L.SEED]), request.site))
 
 
 @site_handler(contributes=False)
 def train_teachers(request: SiteRequest) -> Message:
     torch.set_num_threads(1)
     started = time.monotonic()
-    teachers, trained, _, _ = _site_teachers(request)
+    teachers = _site_teachers(request)
     return request.reply(metrics=MetricRecord({
-        "site": request.site, "num-teachers": teachers.num_teachers, "trained": int(trained),
+        "site": request.site, "num-teachers": teachers.num_teachers, "trained": int(teachers.trained),
         "seconds": time.monotonic() - started}))
 
 
@@ -90,18 +155,16 @@ def answer_votes(request: SiteRequest) -> Message:
     mechanism's worst case for the batch (a reservation, settled by ``query.charge``)."""
     torch.set_num_threads(1)
     config = request.msg.content["config"]
-    images = request.msg.content["queries"]["images"].numpy()
+    queries = query_array(request.msg.content["queries"])
     mechanism, params = _mechanism_of(config)
-    teachers, _, shard_labels, teachers_key = _site_teachers(request)
+    teachers = _site_teachers(request)
     batch = int(config["batch"])
     key = release_key(mechanism.name, f"site-{request.site}/run-{request.context.run_id}/batch-{batch}",
-                      params=params, images=images, teachers=teachers_key)
+                      params=params, images=queries, teachers=teachers.key)
     with request.ledger() as ledger:
-        ledger.reserve(mechanism.worst_case_events(len(images)), mechanism=mechanism.name, release_key=key,
-                       round=batch, params={**params, "queries": len(images)}, queries=len(images))
-    strength = float(request.settings[L.TEACHER_PRIOR_CORRECTION])
-    shift = label_prior_shift(shard_labels, teachers.num_classes, strength) if strength else None
-    votes = teachers.votes(images.astype(np.float32) / 255.0, logit_shift=shift)
+        ledger.reserve(mechanism.worst_case_events(len(queries)), mechanism=mechanism.name, release_key=key,
+                       round=batch, params={**params, "queries": len(queries)}, queries=len(queries))
+    votes = teachers.votes(queries)
     return request.reply(votes=ArrayRecord({"votes": as_array(votes)}),
                          metrics=MetricRecord({"site": request.site, "num-teachers": teachers.num_teachers}),
                          config=ConfigRecord({RESERVATION: key}))

@@ -1,0 +1,49 @@
+"""``experiment=private_icl`` end to end through the PATE protocol: prompted language-model
+teachers built and run at the sites (a tiny local model here), GNMax over their summed votes, each
+batch reserved and settled in every site's ledger, per-query answers and a public student."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny_lm import tiny_lm
+
+from fedens import run
+from fedens.privacy import PrivacyLedger
+
+SMALL = ["experiment=private_icl", "data.train_size=60", "data.pool_size=10", "data.test_size=8",
+         "federation.num_sites=2", "experts.teachers_per_site=3", "experts.shots=2", "privacy.query_batch=6"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tiny_lm(tmp_path_factory.mktemp("lm"))
+
+
+def test_prompted_teachers_at_the_sites_answer_queries_privately(compose, tmp_path, model, in_process_engine):
+    results = run(compose(*SMALL, f"experts.model_path={model}"), run_dir=tmp_path)
+    assert results["data"]["teachers_per_site"] == [3, 3] and results["data"]["test_queries"] == 8
+    assert results["privacy"]["queries_answered"] == 18  # GNMax answers every query
+    assert results["metrics"]["test_answered"] == 8 and results["metrics"]["student_labels"] == 10
+    for site in (0, 1):  # 18 queries in batches of 6: three releases, each reserved then settled once
+        ledger = PrivacyLedger.read(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        records = ledger.records()
+        assert [r["mechanism"] for r in records] == ["gnmax"] * 3
+        assert sum(r["params"]["queries"] for r in records) == 18
+        assert results["privacy"]["per_site"][str(site)]["epsilon"] == pytest.approx(ledger.epsilon())
+    b = results["baselines"]
+    assert 0 <= b["mean_teacher_accuracy"] <= b["best_teacher_accuracy"] <= 1
+    assert b["majority_class_accuracy"] > 0 and b["chance_accuracy"] == 0.5
+    for key in ("test_accuracy", "balanced_accuracy", "student_accuracy"):
+        assert 0 <= results["metrics"][key] <= 1
+    # a re-run on the same records reads every teacher's scores from the site's own cache
+    assert (tmp_path / "sites" / "site_0" / "cache" / "lm-scores.sqlite").is_file()
+
+
+def test_a_site_refuses_queries_once_its_budget_is_spent(compose, tmp_path, model, in_process_engine):
+    results = run(compose(*SMALL, f"experts.model_path={model}", "privacy.budget=0.5"), run_dir=tmp_path)
+    assert results["privacy"]["queries_answered"] == 0 and results["privacy"]["queries_refused"] == 18
+    for site in (0, 1):
+        ledger = PrivacyLedger.read(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        assert ledger.records() == [] and ledger.queries_refused() == 18
+    assert np.isfinite(results["baselines"]["zero_shot_accuracy"])
