@@ -12,7 +12,8 @@ from fedens import run
 from fedens.privacy import PrivacyLedger
 
 SMALL = ["experiment=private_icl", "data.train_size=60", "data.pool_size=10", "data.test_size=8",
-         "federation.num_sites=2", "experts.teachers_per_site=3", "experts.shots=2", "privacy.query_batch=6"]
+         "federation.num_sites=2", "experts.teachers_per_site=3", "experts.shots=2", "privacy.query_batch=6",
+         "experts.calibration_size=5"]
 
 
 @pytest.fixture(scope="module")

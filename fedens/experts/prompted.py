@@ -18,6 +18,7 @@ import numpy as np
 
 from fedens.data.rows import TextRows
 from fedens.experts.multiple_choice import MultipleChoiceQuestion
+from fedens.experts.prompted_teachers import clip
 from fedens.experts.registry import EXPERTS, register_expert
 from fedens.experts.validation import check_cost, check_probabilities
 
@@ -52,6 +53,7 @@ class PromptedExpert:
     answers: tuple[str, ...]
     name: str = "prompted"
     calibrate: bool = True
+    max_chars: int | None = None  # each text cut at a word to about this many characters (None: whole)
     bias: tuple[float, ...] | None = None  # log-space, per class; fitted by fit_bias
     cost: float = 1.0
     site: str | None = None
@@ -79,7 +81,8 @@ class PromptedExpert:
         if missing := [f for f in self.fields if f not in rows.text]:
             raise ValueError(f"expert {self.name!r}: prompt names column {missing[0]!r}, which is not a text "
                              f"column of the task: expected one of {sorted(rows.text)} (data.text)")
-        return [MultipleChoiceQuestion(self.prompt.format(**{f: str(rows.text[f][i]) for f in self.fields}),
+        return [MultipleChoiceQuestion(self.prompt.format(**{f: clip(rows.text[f][i], self.max_chars)
+                                                             for f in self.fields}),
                                        self.answers) for i in range(len(rows))]
 
     def raw_proba(self, rows: TextRows) -> np.ndarray:
@@ -124,7 +127,7 @@ class PromptedExpert:
             raise TypeError(f"expert {self.name!r}: its {type(self.inner).__name__} has no code-free record: "
                             "use a causal_lm or openai_chat expert")
         return {"name": self.name, "cost": float(self.cost), "site": self.site, "prompt": self.prompt,
-                "answers": list(self.answers), "calibrate": self.calibrate,
+                "answers": list(self.answers), "calibrate": self.calibrate, "max_chars": self.max_chars,
                 "bias": None if self.bias is None else list(self.bias),
                 "inner": {"adapter": inner, **self.inner.to_record()}}
 
@@ -135,7 +138,7 @@ class PromptedExpert:
         if not hasattr(adapter, "from_record"):
             raise ValueError(f"expert {record['name']!r} asks an adapter this fedens does not load")
         return cls(adapter.from_record(inner), record["prompt"], tuple(record["answers"]),
-                   name=record["name"], calibrate=record["calibrate"],
+                   name=record["name"], calibrate=record["calibrate"], max_chars=record.get("max_chars"),
                    bias=None if record["bias"] is None else tuple(record["bias"]), cost=record["cost"],
                    site=record["site"])
 

@@ -3,15 +3,20 @@ model prompted with a small set of one site's labelled examples per teacher, the
 so that one record changes one teacher's prompt and so at most one vote.
 
 A teacher's prompt is its examples, each ``Review: <text>\\nSentiment: <answer>``, then the query
-in the same form without the answer; its vote is the answer the model finds likeliest.
-``calibrate="content_free"`` divides each teacher's distribution by its distribution on a
-content-free query (``N/A``; Zhao et al. 2021, "Calibrate before use"), which uses no label and
-no other record, so the vote still depends on that teacher's examples alone.
+in the same form without the answer; its vote is the answer the model finds likeliest. Small
+models favour one answer word whatever the text, so each teacher is calibrated, from its own
+prompt and public inputs only (its vote still depends on its examples alone):
+
+* ``"prior"``: the per-class bias that makes the teacher's mean distribution on the public
+  ``calibration_texts`` equal ``prior`` (uniform if None), found by prior matching;
+* ``"content_free"``: its distribution divided by its distribution on a content-free query
+  (``N/A``; Zhao et al. 2021, "Calibrate before use");
+* ``"none"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,13 +44,27 @@ class PromptedTeachers:
     field: str = "Review"
     answer_field: str = "Sentiment"
     max_chars: int | None = 400
-    calibrate: Literal["content_free", "none"] = "content_free"
+    calibrate: Literal["prior", "content_free", "none"] = "content_free"
+    calibration_texts: Sequence[str] = ()
+    prior: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
-        if self.calibrate not in ("content_free", "none"):
-            raise ValueError(f"calibrate must be 'content_free' or 'none', got {self.calibrate!r}")
+        if self.calibrate not in CALIBRATIONS:
+            raise ValueError(f"calibrate must be one of {list(CALIBRATIONS)}, got {self.calibrate!r}")
         if not self.examples:
             raise ValueError("PromptedTeachers needs at least one teacher")
+        if self.calibrate == "prior" and not len(self.calibration_texts):
+            raise ValueError("calibrate='prior' needs public calibration_texts")
+        self._bias: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_prompt(cls, lm: Any, examples: Sequence[Sequence[tuple[str, int]]],
+                    prompt: Mapping[str, Any]) -> PromptedTeachers:
+        """The teachers a run's prompt settings describe (``answers``, ``max_chars``, ``calibrate``,
+        ``calibration_texts``, ``prior``: JSON, as the sites get them)."""
+        return cls(lm, examples, tuple(prompt["answers"]), max_chars=prompt.get("max_chars"),
+                   calibrate=prompt.get("calibrate", "content_free"),
+                   calibration_texts=tuple(prompt.get("calibration_texts") or ()), prior=prompt.get("prior"))
 
     @property
     def num_teachers(self) -> int:
@@ -65,7 +84,12 @@ class PromptedTeachers:
     def proba(self, teacher: int, texts: Sequence[str]) -> np.ndarray:
         """Teacher ``teacher``'s distribution over the answers for each text, calibrated."""
         P = np.asarray(self.lm.predict_proba(self.questions(teacher, texts)), dtype=np.float64)
-        if self.calibrate == "content_free":
+        if self.calibrate == "prior":
+            if teacher not in self._bias:
+                public = self.lm.predict_proba(self.questions(teacher, list(self.calibration_texts)))
+                self._bias[teacher] = prior_bias(np.asarray(public), self.prior)
+            P = _softmax(np.log(np.clip(P, 1e-12, None)) + self._bias[teacher])
+        elif self.calibrate == "content_free":
             base = np.asarray(self.lm.predict_proba(self.questions(teacher, [CONTENT_FREE])))[0]
             P = P / np.clip(base, 1e-12, None)
             P /= P.sum(axis=1, keepdims=True)
@@ -77,6 +101,25 @@ class PromptedTeachers:
         for teacher in range(self.num_teachers):
             counts[np.arange(len(texts)), self.proba(teacher, texts).argmax(axis=1)] += 1
         return counts
+
+
+CALIBRATIONS = ("prior", "content_free", "none")
+
+
+def _softmax(Z: np.ndarray) -> np.ndarray:
+    Z = Z - Z.max(axis=1, keepdims=True)
+    P = np.exp(Z)
+    return P / P.sum(axis=1, keepdims=True)
+
+
+def prior_bias(P: np.ndarray, prior: Sequence[float] | None = None, steps: int = 100) -> np.ndarray:
+    """The log-space bias ``b`` with ``mean(softmax(log P + b)) == prior`` (uniform if None) on
+    the rows of ``P``: each step moves ``b`` by log(prior) - log(current mean)."""
+    target = np.full(P.shape[1], 1 / P.shape[1]) if prior is None else np.asarray(prior, dtype=np.float64)
+    logp, b = np.log(np.clip(P, 1e-12, None)), np.zeros(P.shape[1])
+    for _ in range(steps):
+        b += np.log(target) - np.log(_softmax(logp + b).mean(axis=0))
+    return b - b.mean()
 
 
 def disjoint_examples(labels: np.ndarray, num_teachers: int, shots: int, seed: int) -> list[np.ndarray]:

@@ -203,7 +203,7 @@ def load_expert_file(entry: str | Path | Mapping[str, Any], num_classes: int,
 
 
 #: the keys of a ``{kind: ...}`` entry that shape the question; the rest go to the adapter
-PROMPT_KEYS = ("prompt", "answers", "calibrate", "cost")
+PROMPT_KEYS = ("prompt", "answers", "calibrate", "max_chars", "cost")
 
 
 def load_expert_entry(entry: str | Path | Mapping[str, Any], num_classes: int,
@@ -248,7 +248,7 @@ def _by_kind(options: dict[str, Any], num_classes: int, label_names: tuple[str, 
         return PromptedExpert(inner, str(prompt["prompt"]),
                               _answers(name, prompt.get("answers"), num_classes, label_names), name=name,
                               calibrate=bool(prompt.get("calibrate", True)),
-                              cost=prompt.get("cost", inner.cost))
+                              max_chars=prompt.get("max_chars"), cost=prompt.get("cost", inner.cost))
     except TypeError as error:  # an option the adapter does not take
         raise ValueError(f"expert {name!r} ({kind}): {error}") from None
 

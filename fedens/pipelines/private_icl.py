@@ -22,6 +22,7 @@ from rich.table import Table
 
 from fedens.config_schema import Rule, Schema, integer, is_num, one_of, positive
 from fedens.data import PARTITIONS
+from fedens.experts.prompted_teachers import CALIBRATIONS
 from fedens.federation import layout as L
 from fedens.federation.votes.coordinator import make_pate_server_app, text_pool_file
 from fedens.federation.votes.sites import make_pate_client_app
@@ -59,7 +60,11 @@ PRIVATE_ICL_SCHEMA = Schema([
     Rule("data.train_size", _train_fits, lambda cfg: "null (all 4,000) or an integer >= pool_size + "
          f"num_sites ({cfg.data.pool_size + cfg.federation.num_sites})"),
     integer("experts.shots"), integer("experts.teachers_per_site"),
-    one_of("experts.calibrate", ("content_free", "none"), show=lambda o: "'content_free' or 'none'"),
+    one_of("experts.calibrate", CALIBRATIONS, show=lambda o: f"one of {list(o)}"),
+    integer("experts.calibration_size", 1, "data.pool_size", note="of the public queries"),
+    Rule("experts.prior", lambda v, cfg: v is None or (sorted(v) == sorted(LABELS) and all(
+        is_num(p) and p > 0 for p in v.values()) and abs(sum(v.values()) - 1) < 1e-6),
+         f"null (uniform) or a share > 0 for each of {list(LABELS)}, summing to 1"),
     Rule("experts.answers", lambda v, cfg: sorted(v) == sorted(LABELS) and len(set(v.values())) == 2,
          f"one distinct answer word for each of {list(LABELS)}"),
     integer("experts.batch_size"),
@@ -81,10 +86,14 @@ def _lm(cfg: DictConfig) -> Any:
                           batch_size=cfg.experts.batch_size)
 
 
-def _prompt(cfg: DictConfig) -> dict[str, Any]:
+def _prompt(cfg: DictConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """The teachers' prompt settings, as the sites get them; calibration texts are public queries."""
     e = cfg.experts
+    prior = None if e.prior is None else [float(e.prior[label]) for label in LABELS]
     return {"column": COLUMN, "shots": int(e.shots), "answers": [str(e.answers[label]) for label in LABELS],
-            "max_chars": e.max_chars, "calibrate": str(e.calibrate)}
+            "max_chars": e.max_chars, "calibrate": str(e.calibrate), "prior": prior,
+            "calibration_texts": [str(t) for t in data["pool"][: e.calibration_size]]
+            if e.calibrate == "prior" else []}
 
 
 def _classes(scores: Any) -> np.ndarray:
@@ -126,7 +135,7 @@ def federation_settings(cfg: DictConfig, run_dir: Path, data: dict[str, Any]) ->
         L.ROUND_TIMEOUT: float(cfg.federation.round_timeout),
         L.TEACHER_TIMEOUT: float(cfg.federation.round_timeout),
         L.TEACHERS_PER_SITE: json.dumps(data["teachers"]), L.TEACHER_KIND: "prompted_lm",
-        L.TEACHER_LM: json.dumps(_lm(cfg).to_record()), L.TEACHER_PROMPT: json.dumps(_prompt(cfg)),
+        L.TEACHER_LM: json.dumps(_lm(cfg).to_record()), L.TEACHER_PROMPT: json.dumps(_prompt(cfg, data)),
         L.POOL_PATH: str(run_dir / "coordinator" / "pool.npz"),
         L.NUM_QUERIES: len(data["test"]) + len(data["pool"]), L.QUERY_BATCH: cfg.privacy.query_batch,
         L.MECHANISM: cfg.privacy.mechanism, L.MECHANISM_PARAMS: json.dumps(_mechanism_params(cfg)),
@@ -142,15 +151,14 @@ def _scores(predicted: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
             "balanced_accuracy": float(np.mean(recalls))}
 
 
-def _zero_shot(cfg: DictConfig, texts: np.ndarray) -> np.ndarray:
+def _zero_shot(cfg: DictConfig, data: dict[str, Any]) -> np.ndarray:
     """The coordinator's public answer: the model with no example, content-free calibrated."""
     from fedens.experts.prompted_teachers import PromptedTeachers
 
     lm = _lm(cfg)
     lm.cache_path = cache_root() / "lm-scores.sqlite"  # public queries only: the user's cache
-    zero = PromptedTeachers(lm, [[]], tuple(_prompt(cfg)["answers"]), max_chars=cfg.experts.max_chars,
-                            calibrate=cfg.experts.calibrate)
-    return zero.proba(0, list(texts)).argmax(axis=1)
+    zero = PromptedTeachers.from_prompt(lm, [[]], _prompt(cfg, data))
+    return zero.proba(0, list(data["test"])).argmax(axis=1)
 
 
 def _teacher_answers(cfg: DictConfig, run_dir: Path, data: dict[str, Any]) -> np.ndarray:
@@ -169,8 +177,7 @@ def _teacher_answers(cfg: DictConfig, run_dir: Path, data: dict[str, Any]) -> np
                                    teacher_seed(cfg.seed, site))
         mine, labels = texts[records], data["y_private"][records]
         examples = [[(str(mine[i]), int(labels[i])) for i in s] for s in shards]
-        teachers = PromptedTeachers(lm, examples, tuple(_prompt(cfg)["answers"]),
-                                    max_chars=cfg.experts.max_chars, calibrate=cfg.experts.calibrate)
+        teachers = PromptedTeachers.from_prompt(lm, examples, _prompt(cfg, data))
         answers += [teachers.proba(t, list(data["test"])).argmax(axis=1)
                     for t in range(teachers.num_teachers)]
     return np.array(answers)
@@ -209,7 +216,7 @@ def run_private_icl(cfg: DictConfig, run: RunContext) -> dict[str, Any]:
         labels, answered = released["labels"], released["answered"].astype(bool)
     y_test = data["test_labels"]
     console.print(f"baselines  zero-shot on {n_test} test queries, and each teacher (its cached scores)")
-    zero = _zero_shot(cfg, data["test"])
+    zero = _zero_shot(cfg, data)
     dp_test = np.where(answered[:n_test], labels[:n_test], zero)  # abstained: the public answer
     on_pool = answered[n_test:]
     predicted = _student(cfg, data["pool"][on_pool], labels[n_test:][on_pool], data["test"])

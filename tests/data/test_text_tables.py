@@ -186,8 +186,8 @@ def test_a_model_entry_that_cannot_be_an_expert_is_one_line_naming_it(entry, sai
 
 
 def test_experts_by_target_and_a_prompt_naming_no_text_column_is_refused_before_the_run(tmp_path):
+    from fedens import compose, validate
     from fedens.experts import OpenAIChatExpert, PromptedExpert, load_expert_entry, make_expert
-    from fedens.runs import compose, validate
 
     built = load_expert_entry({"_target_": "fedens.experts.PromptedExpert", "prompt": "Review: {review}",
                                "answers": ["good", "bad"], "name": "by-target",

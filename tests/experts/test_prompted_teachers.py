@@ -43,3 +43,25 @@ def test_votes_count_one_answer_per_teacher_and_calibration_divides_by_the_conte
 
 def test_a_long_text_is_cut_at_a_word():
     assert clip("one two three four", 9) == "one two ..." and clip("short", None) == "short"
+
+
+@pytest.mark.parametrize("prior", [None, [0.7, 0.3], [0.2, 0.5, 0.3]])
+def test_prior_matching_gives_the_public_queries_the_prior_as_their_mean_answer(prior):
+    from fedens.experts.prompted_teachers import _softmax, prior_bias
+
+    k = 2 if prior is None else len(prior)
+    P = _softmax(np.random.default_rng(0).normal(size=(200, k)) + np.arange(k) * 2.0)  # skewed to the last
+    mean = _softmax(np.log(P) + prior_bias(P, prior)).mean(axis=0)
+    np.testing.assert_allclose(mean, np.full(k, 1 / k) if prior is None else prior, atol=1e-6)
+
+
+def test_prior_calibration_is_fitted_per_teacher_on_public_texts_only(tmp_path):
+    lm = CausalLMExpert(model_path=tiny_lm(tmp_path / "lm"), name="tiny")
+    examples = [[("tasty fresh", 0), ("stale bland", 1)], [("perfect", 0), ("awful", 1)]]
+    public = ["delicious snack", "broken box", "the kids and it was fresh", "late", "crisp", "soggy"]
+    teachers = PromptedTeachers(lm, examples, ("positive", "negative"), calibrate="prior",
+                                calibration_texts=public, prior=[0.6, 0.4])
+    for t in (0, 1):
+        np.testing.assert_allclose(teachers.proba(t, public).mean(axis=0), [0.6, 0.4], atol=1e-6)
+    with pytest.raises(ValueError, match="needs public calibration_texts"):
+        PromptedTeachers(lm, examples, ("positive", "negative"), calibrate="prior")

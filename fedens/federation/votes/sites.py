@@ -112,9 +112,8 @@ def _prompted_lm_teachers(request: SiteRequest, num_teachers: int, seed: int) ->
         raise DataSchemaError(f"site {site}: {error}") from None
     lm.cache_path = request.folder / "cache" / "lm-scores.sqlite"  # the site's own: never leaves it
     lm.cache_path.parent.mkdir(parents=True, exist_ok=True)
-    teachers = PromptedTeachers(lm, [[(str(texts[i]), int(y[i])) for i in shard] for shard in shards],
-                                tuple(prompt["answers"]), max_chars=prompt["max_chars"],
-                                calibrate=prompt["calibrate"])
+    examples = [[(str(texts[i]), int(y[i])) for i in shard] for shard in shards]
+    teachers = PromptedTeachers.from_prompt(lm, examples, prompt)
     key = json.dumps({"teachers": num_teachers, "prompt": prompt, "seed": seed, "model": lm.model_id(),
                       "data_sha256": _records_sha256(inputs.X, y, texts)}, sort_keys=True)
     num_classes = int(task_fields(s)["num_classes"])
