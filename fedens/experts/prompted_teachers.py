@@ -137,3 +137,10 @@ def disjoint_examples(labels: np.ndarray, num_teachers: int, shots: int, seed: i
                 order.append(int(pool.pop()))
     picked = np.array(order[: num_teachers * shots])
     return [rng.permutation(picked[t * shots:(t + 1) * shots]) for t in range(num_teachers)]
+
+
+def teacher_examples(texts: Sequence[str], labels: np.ndarray, num_teachers: int, shots: int,
+                     seed: int) -> list[list[tuple[str, int]]]:
+    """Each teacher's (text, class) examples from one site's records (:func:`disjoint_examples`)."""
+    return [[(str(texts[i]), int(labels[i])) for i in shard]
+            for shard in disjoint_examples(labels, num_teachers, shots, seed)]

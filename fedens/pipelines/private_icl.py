@@ -140,6 +140,7 @@ def federation_settings(cfg: DictConfig, run_dir: Path, data: dict[str, Any]) ->
         L.NUM_QUERIES: len(data["test"]) + len(data["pool"]), L.QUERY_BATCH: cfg.privacy.query_batch,
         L.MECHANISM: cfg.privacy.mechanism, L.MECHANISM_PARAMS: json.dumps(_mechanism_params(cfg)),
         L.SMOOTH_SENSITIVITY: "", L.MIN_REPLIES: 1,
+        L.TEACHER_CACHE_DIR: str(Path(cfg.experts.cache_dir).resolve()) if cfg.experts.cache_dir else "",
     }
 
 
@@ -161,22 +162,20 @@ def _zero_shot(cfg: DictConfig, data: dict[str, Any]) -> np.ndarray:
     return zero.proba(0, list(data["test"])).argmax(axis=1)
 
 
-def _teacher_answers(cfg: DictConfig, run_dir: Path, data: dict[str, Any]) -> np.ndarray:
+def _teacher_answers(cfg: DictConfig, settings: dict[str, Any], data: dict[str, Any]) -> np.ndarray:
     """Every teacher's answer on the test queries, (teachers, n): the non-private references.
     Simulation only: the sites' teachers rebuilt from the records the coordinator wrote, their
     scores read from each site's own cache (the federation computed them)."""
-    from fedens.experts.prompted_teachers import PromptedTeachers, disjoint_examples
-    from fedens.federation.votes.sites import teacher_seed
+    from fedens.experts.prompted_teachers import PromptedTeachers, teacher_examples
+    from fedens.federation.votes.sites import lm_cache_path, teacher_seed
 
     answers = []
     texts = data["private"][COLUMN].to_numpy()
     for site, records in enumerate(data["sites"]):
         lm = _lm(cfg)
-        lm.cache_path = L.site_dir(run_dir, site) / "cache" / "lm-scores.sqlite"
-        shards = disjoint_examples(data["y_private"][records], data["teachers"][site], int(cfg.experts.shots),
-                                   teacher_seed(cfg.seed, site))
-        mine, labels = texts[records], data["y_private"][records]
-        examples = [[(str(mine[i]), int(labels[i])) for i in s] for s in shards]
+        lm.cache_path = lm_cache_path(settings, L.site_dir(settings[L.RUN_DIR], site), site)
+        examples = teacher_examples(texts[records], data["y_private"][records], data["teachers"][site],
+                                    int(cfg.experts.shots), teacher_seed(cfg.seed, site))
         teachers = PromptedTeachers.from_prompt(lm, examples, _prompt(cfg, data))
         answers += [teachers.proba(t, list(data["test"])).argmax(axis=1)
                     for t in range(teachers.num_teachers)]
@@ -221,7 +220,7 @@ def run_private_icl(cfg: DictConfig, run: RunContext) -> dict[str, Any]:
     on_pool = answered[n_test:]
     predicted = _student(cfg, data["pool"][on_pool], labels[n_test:][on_pool], data["test"])
     student = None if predicted is None else _scores(predicted, y_test, seed)
-    teachers = _teacher_answers(cfg, run_dir, data)
+    teachers = _teacher_answers(cfg, settings, data)
     vote = np.array([np.bincount(col, minlength=len(LABELS)).argmax() for col in teachers.T])
     teacher_acc = [float((t == y_test).mean()) for t in teachers]
     dp = _scores(dp_test, y_test, seed)

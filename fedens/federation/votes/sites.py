@@ -89,11 +89,18 @@ def _cnn_teachers(request: SiteRequest, num_teachers: int, seed: int) -> SiteTea
                         teachers.num_teachers, trained, key)
 
 
+def lm_cache_path(settings: Mapping[str, Any], site_folder: Path, site: int) -> Path:
+    """A site's score cache: in its folder, or under the run's ``teacher-cache-dir`` (simulation:
+    a folder shared by runs, e.g. a sweep over the noise; scores are keyed by model and prompt)."""
+    shared = str(settings.get(L.TEACHER_CACHE_DIR) or "")
+    return (Path(shared) / f"site_{site}" if shared else site_folder / "cache") / "lm-scores.sqlite"
+
+
 def _prompted_lm_teachers(request: SiteRequest, num_teachers: int, seed: int) -> SiteTeachers:
     """A language model prompted with ``shots`` of the site's labelled records per teacher, the
     sets disjoint; the model is the site's own copy of the one the run names (checked by sha256)."""
     from fedens.experts import CausalLMExpert
-    from fedens.experts.prompted_teachers import PromptedTeachers, disjoint_examples
+    from fedens.experts.prompted_teachers import PromptedTeachers, teacher_examples
 
     s, site = request.settings, request.site
     prompt = json.loads(str(s[L.TEACHER_PROMPT]))
@@ -103,16 +110,15 @@ def _prompted_lm_teachers(request: SiteRequest, num_teachers: int, seed: int) ->
         raise DataSchemaError(f"site {site}: {request.data_path.name} has no text column "
                               f"{prompt['column']!r}: expected the task's text beside its labels")
     try:
-        shards = disjoint_examples(y, num_teachers, int(prompt["shots"]), seed)
+        examples = teacher_examples(texts, y, num_teachers, int(prompt["shots"]), seed)
     except ValueError as error:
         raise DataSchemaError(f"site {site}: {error}") from None
     try:
         lm = CausalLMExpert.from_record(json.loads(str(s[L.TEACHER_LM])))
     except ValueError as error:
         raise DataSchemaError(f"site {site}: {error}") from None
-    lm.cache_path = request.folder / "cache" / "lm-scores.sqlite"  # the site's own: never leaves it
+    lm.cache_path = lm_cache_path(s, request.folder, site)  # the site's own: never leaves it
     lm.cache_path.parent.mkdir(parents=True, exist_ok=True)
-    examples = [[(str(texts[i]), int(y[i])) for i in shard] for shard in shards]
     teachers = PromptedTeachers.from_prompt(lm, examples, prompt)
     key = json.dumps({"teachers": num_teachers, "prompt": prompt, "seed": seed, "model": lm.model_id(),
                       "data_sha256": _records_sha256(inputs.X, y, texts)}, sort_keys=True)
