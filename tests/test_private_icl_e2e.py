@@ -35,7 +35,9 @@ def test_prompted_teachers_at_the_sites_answer_queries_privately(compose, tmp_pa
     b = results["baselines"]
     assert 0 <= b["mean_teacher_accuracy"] <= b["best_teacher_accuracy"] <= 1
     assert b["majority_class_accuracy"] > 0 and b["chance_accuracy"] == 0.5
-    for key in ("test_accuracy", "balanced_accuracy", "student_accuracy"):
+    assert results["metrics"]["student"] == "prompt"
+    for key in ("test_accuracy", "balanced_accuracy", "student_accuracy", "prompt_student_accuracy",
+                "classifier_student_accuracy"):
         assert 0 <= results["metrics"][key] <= 1
     # a re-run on the same records reads every teacher's scores from the site's own cache
     assert (tmp_path / "sites" / "site_0" / "cache" / "lm-scores.sqlite").is_file()

@@ -6,8 +6,9 @@ run inside the site's ClientApp; only vote histograms leave the site, each batch
 settled in its ledger (the PATE protocol of ``fedens.federation.votes``). The coordinator
 releases labels with GNMax or Confident-GNMax and uses them twice: (a) per-query answers on the
 test queries (DP-ICL; a query the mechanism does not answer gets the public zero-shot answer),
-and (b) a student, a TF-IDF logistic regression trained on the public pool's released labels,
-which answers every later query at no further privacy cost.
+and (b) a student that answers every later query at no further privacy cost: a public prompt
+whose examples are released public items (PromptPATE), or a TF-IDF logistic regression trained on
+the pool's released labels (``combiner.student``; both are reported).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ PRIVATE_ICL_SCHEMA = Schema([
     Rule("experts.answers", lambda v, cfg: sorted(v) == sorted(LABELS) and len(set(v.values())) == 2,
          f"one distinct answer word for each of {list(LABELS)}"),
     integer("experts.batch_size"),
-    positive("combiner.C", "a number > 0 (the student's inverse regularisation)"),
+    positive("combiner.C", "a number > 0 (the classifier student's inverse regularisation)"),
+    one_of("combiner.student", ("prompt", "classifier"), show=lambda o: "'prompt' or 'classifier'"),
 ])
 
 
@@ -182,8 +184,28 @@ def _teacher_answers(cfg: DictConfig, settings: dict[str, Any], data: dict[str, 
     return np.array(answers)
 
 
-def _student(cfg: DictConfig, pool: np.ndarray, labels: np.ndarray, test: np.ndarray) -> np.ndarray | None:
-    """The public student: TF-IDF and a logistic regression on the released labels."""
+def _prompt_student(cfg: DictConfig, data: dict[str, Any], pool: np.ndarray,
+                    labels: np.ndarray) -> np.ndarray | None:
+    """The public prompt (PromptPATE's student): the model prompted with ``experts.shots`` released
+    public items, as balanced over the released labels as they allow, in pool order."""
+    from fedens.experts.prompted_teachers import PromptedTeachers
+
+    picked: list[int] = []
+    for c in range(len(LABELS)):  # half from each label while both last
+        picked += np.flatnonzero(labels == c)[: int(cfg.experts.shots) // len(LABELS)].tolist()
+    if len(set(labels[picked].tolist())) < 2:
+        return None
+    order = sorted(picked)  # pool order, the labels interleaved as they come
+    lm = _lm(cfg)
+    lm.cache_path = cache_root() / "lm-scores.sqlite"  # public items only
+    student = PromptedTeachers.from_prompt(lm, [[(str(pool[i]), int(labels[i])) for i in order]],
+                                           _prompt(cfg, data))
+    return student.proba(0, list(data["test"])).argmax(axis=1)
+
+
+def _classifier_student(cfg: DictConfig, pool: np.ndarray, labels: np.ndarray,
+                        test: np.ndarray) -> np.ndarray | None:
+    """A small public classifier: TF-IDF and a logistic regression on the released labels."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -218,8 +240,13 @@ def run_private_icl(cfg: DictConfig, run: RunContext) -> dict[str, Any]:
     zero = _zero_shot(cfg, data)
     dp_test = np.where(answered[:n_test], labels[:n_test], zero)  # abstained: the public answer
     on_pool = answered[n_test:]
-    predicted = _student(cfg, data["pool"][on_pool], labels[n_test:][on_pool], data["test"])
-    student = None if predicted is None else _scores(predicted, y_test, seed)
+    pool, released = data["pool"][on_pool], labels[n_test:][on_pool]
+    console.print(f"students  on {len(released)} released public labels: a public {cfg.experts.shots}-shot "
+                  "prompt and a TF-IDF classifier")
+    students = {"prompt": _prompt_student(cfg, data, pool, released),
+                "classifier": _classifier_student(cfg, pool, released, data["test"])}
+    scored = {k: None if v is None else _scores(v, y_test, seed) for k, v in students.items()}
+    student = scored[cfg.combiner.student]
     teachers = _teacher_answers(cfg, settings, data)
     vote = np.array([np.bincount(col, minlength=len(LABELS)).argmax() for col in teachers.T])
     teacher_acc = [float((t == y_test).mean()) for t in teachers]
@@ -230,7 +257,9 @@ def run_private_icl(cfg: DictConfig, run: RunContext) -> dict[str, Any]:
         "data": {"name": "fine_food_reviews", "num_sites": cfg.federation.num_sites, "num_classes": 2,
                  "labels": list(LABELS), "partition": PARTITIONS.describe(cfg.partition),
                  "site_sizes": [len(r) for r in data["sites"]], "teachers_per_site": data["teachers"],
-                 "shots": int(cfg.experts.shots), "public_queries": len(data["pool"]),
+                 "shots": int(cfg.experts.shots), "calibrate": str(cfg.experts.calibrate),
+                 "prior": None if cfg.experts.prior is None else dict(cfg.experts.prior),
+                 "public_queries": len(data["pool"]),
                  "test_queries": n_test},
         "metrics": {"test_accuracy": dp["accuracy"], "test_accuracy_interval": dp["interval"],
                     "balanced_accuracy": dp["balanced_accuracy"],
@@ -239,7 +268,9 @@ def run_private_icl(cfg: DictConfig, run: RunContext) -> dict[str, Any]:
                     if answered[:n_test].any() else None,
                     "student_accuracy": None if student is None else student["accuracy"],
                     "student_balanced_accuracy": None if student is None else student["balanced_accuracy"],
-                    "student_labels": int(on_pool.sum()),
+                    "student_labels": int(on_pool.sum()), "student": cfg.combiner.student,
+                    **{f"{k}_student_accuracy": None if v is None else v["accuracy"]
+                       for k, v in scored.items()},
                     "pool_label_accuracy": float((labels[n_test:] == data["pool_labels"])[on_pool].mean())
                     if on_pool.any() else None},
         "baselines": {"chance_accuracy": 1 / len(LABELS),
@@ -276,7 +307,7 @@ def print_table(results: dict[str, Any]) -> None:
     table.add_column("balanced", justify="right")
     table.add_row(f"DP answers (ε {fmt(p['epsilon_max'], '.2f')}, {m['test_answered']} answered)",
                   fmt(m["test_accuracy"]), fmt(m["balanced_accuracy"]))
-    table.add_row(f"student on {m['student_labels']} DP labels", fmt(m["student_accuracy"]),
+    table.add_row(f"{m['student']} student on {m['student_labels']} DP labels", fmt(m["student_accuracy"]),
                   fmt(m["student_balanced_accuracy"]))
     table.add_row("zero-shot", fmt(b["zero_shot_accuracy"]), fmt(b["zero_shot_balanced_accuracy"]))
     table.add_row("mean / best teacher",
