@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 HEADER = ["teachers calibrated", "mechanism", "ε per site", "DP answers [95% CI]", "balanced",
-          "student: prompt / classifier", "zero-shot", "mean / best teacher", "non-private vote", "majority"]
+          "student: prompt / classifier", "prompt, coin labels", "zero-shot", "mean / best teacher",
+          "non-private vote", "majority"]
 
 
 def f(value: float | None) -> str:
@@ -26,7 +27,8 @@ def row(path: Path) -> list[str]:
     return [d["calibrate"] + (f" {prior['great']:g}/{prior['other']:g}" if prior else ""),
             p["mechanism"].split(",")[0], f(p["epsilon_max"]),
             f"{f(m['test_accuracy'])} [{lo:.3f}, {hi:.3f}]",
-            f(m["balanced_accuracy"]), students, f(b["zero_shot_accuracy"]),
+            f(m["balanced_accuracy"]), students, f(b["public_prompt_random_labels_accuracy"]),
+            f(b["zero_shot_accuracy"]),
             f"{f(b['mean_teacher_accuracy'])} / {f(b['best_teacher_accuracy'])}",
             f(b["nonprivate_vote_accuracy"]), f(b["majority_class_accuracy"])]
 

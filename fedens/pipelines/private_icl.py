@@ -243,6 +243,8 @@ def run_private_icl(cfg: DictConfig, run: RunContext) -> dict[str, Any]:
     pool, released = data["pool"][on_pool], labels[n_test:][on_pool]
     console.print(f"students  on {len(released)} released public labels: a public {cfg.experts.shots}-shot "
                   "prompt and a TF-IDF classifier")
+    coin = np.random.default_rng([seed, 17]).integers(0, len(LABELS), len(data["pool"]))
+    without_sites = _prompt_student(cfg, data, data["pool"], coin)  # the same prompt, labels by a coin
     students = {"prompt": _prompt_student(cfg, data, pool, released),
                 "classifier": _classifier_student(cfg, pool, released, data["test"])}
     scored = {k: None if v is None else _scores(v, y_test, seed) for k, v in students.items()}
@@ -280,6 +282,9 @@ def run_private_icl(cfg: DictConfig, run: RunContext) -> dict[str, Any]:
                       "mean_teacher_accuracy": float(np.mean(teacher_acc)),
                       "best_teacher_accuracy": float(np.max(teacher_acc)),
                       "nonprivate_vote_accuracy": _scores(vote, y_test, seed)["accuracy"],
+                      # the prompt student without the sites: its examples labelled by a coin flip
+                      "public_prompt_random_labels_accuracy": None if without_sites is None
+                      else _scores(without_sites, y_test, seed)["accuracy"],
                       "note": "the teachers and the non-private vote are references only simulation can "
                               "compute (the coordinator rebuilt them from the records it wrote)"},
         "anchors": ANCHORS,
