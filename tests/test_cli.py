@@ -247,8 +247,10 @@ def test_a_directory_that_holds_a_run_is_refused_before_anything_is_written(tmp_
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     state = "finished" if finished else "unfinished (it has sites)"
-    assert line == (f"fedens: hydra.run.dir={run_dir} already holds a {state} fedens run: choose another "
-                    "directory" + ("" if finished else f"; continue it with `fedens run resume={run_dir}`"))
+    article = "a" if finished else "an"
+    assert line == (f"fedens: hydra.run.dir={run_dir} already holds {article} {state} fedens run: choose "
+                    "another directory"
+                    + ("" if finished else f"; continue it with `fedens run resume={run_dir}`"))
     assert snapshot(run_dir) == before  # not even Hydra's saved config was overwritten
 
 

@@ -47,8 +47,9 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     if found := [name for name in RUN_MARKERS if (run_dir / name).exists()]:
         state = "finished" if finished else f"unfinished (it has {found[0]})"
         advice = "" if finished else f"; continue it with `fedens run resume={run_dir}`"
-        raise ConfigError(f"hydra.run.dir={run_dir} already holds a {state} fedens run: choose another "
-                          f"directory{advice}")
+        article = "a" if finished else "an"
+        raise ConfigError(f"hydra.run.dir={run_dir} already holds {article} {state} fedens run: choose "
+                          f"another directory{advice}")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> Path:
