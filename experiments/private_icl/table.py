@@ -25,7 +25,7 @@ def row(path: Path) -> list[str]:
     prior = d.get("prior")
     students = f"{f(m['prompt_student_accuracy'])} / {f(m['classifier_student_accuracy'])}"
     return [d["calibrate"] + (f" {prior['great']:g}/{prior['other']:g}" if prior else ""),
-            p["mechanism"].split(",")[0], f(p["epsilon_max"]),
+            p["mechanism"].split(", every site")[0], f(p["epsilon_max"]),
             f"{f(m['test_accuracy'])} [{lo:.3f}, {hi:.3f}]",
             f(m["balanced_accuracy"]), students, f(b["public_prompt_random_labels_accuracy"]),
             f(b["zero_shot_accuracy"]),
