@@ -271,9 +271,6 @@ class PatePipeline(Pipeline):
               "combiner": ("student",), "privacy": ("confident_gnmax",), "federation": ("simulation",)}
     schema = PATE_SCHEMA
 
-    def components(self, cfg: DictConfig) -> list[Schema]:
-        return [PARTITIONS.schemas[cfg.partition.name]]
-
     def run(self, cfg: DictConfig, run: RunContext) -> dict[str, Any]:
         return run_pate(cfg, run)
 

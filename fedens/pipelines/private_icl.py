@@ -331,9 +331,6 @@ class PrivateICLPipeline(Pipeline):
               "combiner": ("text_student",), "privacy": ("icl_gnmax",), "federation": ("simulation",)}
     schema = PRIVATE_ICL_SCHEMA
 
-    def components(self, cfg: DictConfig) -> list[Schema]:
-        return [PARTITIONS.schemas[cfg.partition.name]]
-
     def run(self, cfg: DictConfig, run: RunContext) -> dict[str, Any]:
         return run_private_icl(cfg, run)
 

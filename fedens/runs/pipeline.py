@@ -48,8 +48,11 @@ class Pipeline:
             schema.check(cfg)
 
     def components(self, cfg: DictConfig) -> list[Schema]:
-        """The schemas of the components ``cfg`` chose (a combiner's keys, a partitioner's)."""
-        return []
+        """The schemas of the components ``cfg`` chose (a combiner's keys, a partitioner's);
+        by default the partitioner's, for a pipeline with a ``partition`` group."""
+        from fedens.data import PARTITIONS
+
+        return [PARTITIONS.schemas[cfg.partition.name]] if "partition" in self.groups else []
 
     def resumable(self, cfg: DictConfig) -> str | None:
         """None if a run of ``cfg`` can resume from a checkpoint, else why not."""
