@@ -50,3 +50,16 @@ def test_a_site_refuses_queries_once_its_budget_is_spent(compose, tmp_path, mode
         ledger = PrivacyLedger.read(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
         assert ledger.records() == [] and ledger.queries_refused() == 18
     assert np.isfinite(results["baselines"]["zero_shot_accuracy"])
+
+
+@pytest.mark.slow
+def test_private_icl_through_flowers_simulation_engine(compose, tmp_path, model):
+    """The same apps on Flower's Simulation Engine (Ray): the sites' ClientApps in their own
+    processes build their teachers from their own files and answer every query once."""
+    results = run(compose(*SMALL, f"experts.model_path={model}", "experts.teachers_per_site=2"),
+                  run_dir=tmp_path)
+    assert results["privacy"]["queries_answered"] == 18 and results["cost"]["num_experts"] == 4
+    for site in (0, 1):
+        ledger = PrivacyLedger.read(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
+        assert [r["mechanism"] for r in ledger.records()] == ["gnmax"] * 3
+        assert (tmp_path / "sites" / f"site_{site}" / "cache" / "lm-scores.sqlite").is_file()
