@@ -1,6 +1,7 @@
-"""scripts/bench lm [REPEATS]: language-model experts' questions per minute on 4-option
-questions, SmolLM2-135M-Instruct on this machine, as ratios to the per-option path measured in
-the same run (interleaved repeats, medians; the load average beside them).
+"""scripts/bench lm [REPEATS] [MODEL ...]: language-model experts' questions per minute on 4-option
+questions, for each offline model (default: all of ``OFFLINE_MODELS``: SmolLM2-135M-Instruct and
+Gemma 3 270M) on this machine, as ratios to the per-option path measured in the same run
+(interleaved repeats, medians; the load average beside them).
 
 Rows: ``per_option`` (each option re-encodes the prompt: the baseline), ``shared_prefix`` (the
 prompt once, its key/value cache reused by every option), the same with lettered options (single
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fedens.experts import CausalLMExpert, MultipleChoiceQuestion
+from fedens.experts import OFFLINE_MODELS, CausalLMExpert, MultipleChoiceQuestion
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
             ("Germany", "Berlin"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Russia", "Moscow"),
@@ -49,8 +50,8 @@ def lettered(qs: list[MultipleChoiceQuestion]) -> list[MultipleChoiceQuestion]:
     return [dataclasses.replace(q, question=q.prompt(), options=("A", "B", "C", "D")) for q in qs]
 
 
-def main(repeats: int) -> None:
-    base = CausalLMExpert(name="smollm2").load()
+def bench(model: str, repeats: int) -> None:
+    base = CausalLMExpert(model_path=model, name=model).load()
     cache = Path(tempfile.mkdtemp(prefix="fedens-bench-lm-")) / "scores.sqlite"
     sets = {"0-shot": questions(""), "3-shot": questions(SHOTS)}
     warm = dataclasses.replace(base, cache_path=cache)
@@ -70,7 +71,7 @@ def main(repeats: int) -> None:
                 started = time.perf_counter()
                 expert.option_log_likelihoods(items)
                 times[(s, r)].append(time.perf_counter() - started)
-    print(f"scripts/bench lm: SmolLM2-135M-Instruct, {len(CAPITALS)} questions x 4 options, median of "
+    print(f"scripts/bench lm: {model}, {len(CAPITALS)} questions x 4 options, median of "
           f"{repeats}; ratios to per_option in the same run ({os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()})")
     for s in sets:
@@ -82,5 +83,13 @@ def main(repeats: int) -> None:
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
+def main(repeats: int, models: list[str]) -> None:
+    for model in models:
+        if model not in OFFLINE_MODELS:
+            sys.exit(f"scripts/bench lm: unknown model {model!r}; expected one of {sorted(OFFLINE_MODELS)}")
+    for model in models:
+        bench(model, repeats)
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3, sys.argv[2:] or sorted(OFFLINE_MODELS, reverse=True))

@@ -19,9 +19,10 @@ from fedens.experts.base import (
 )
 from fedens.experts.callable_expert import CallableExpert
 from fedens.experts.cost import count_macs, seconds_per_query, with_costs, with_mac_costs
-from fedens.experts.language_model import CausalLMExpert, load_causal_lm, smollm2_gguf_path
+from fedens.experts.language_model import CausalLMExpert, load_causal_lm
 from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
 from fedens.experts.network import EXPERT_FAMILIES, train_expert_network, train_generalist_expert
+from fedens.experts.offline_models import OFFLINE_MODELS, offline_model_path, smollm2_gguf_path
 from fedens.experts.onnx_expert import OnnxExpert
 from fedens.experts.openai_endpoint import OpenAIChatExpert
 from fedens.experts.prompted import PromptedExpert
@@ -56,6 +57,8 @@ __all__ = [
     "CausalLMExpert",
     "load_causal_lm",
     "smollm2_gguf_path",
+    "OFFLINE_MODELS",
+    "offline_model_path",
     "MultipleChoiceQuestion",
     "as_questions",
     "OpenAIChatExpert",

