@@ -1,4 +1,5 @@
-"""Division of a private split into sites, chosen by config (``partition=iid|dirichlet``).
+"""Division of a private split into sites, chosen by config
+(``partition=iid|dirichlet|natural_id|grouped_id``).
 
 Each partitioner is registered by name and takes the labels, the number of sites, a seed and its
 own config keys (``partition.<key>``); it returns one array of record indices per site, every
@@ -28,20 +29,30 @@ class PartitionRegistry(Registry):
         self.schemas: dict[str, Schema] = {}
         self._labels: dict[str, Callable[[Any], str]] = {}
         self.by_column: set[str] = set()  # partitioners that read each record's site from a column
+        self._namers: dict[str, Callable[[np.ndarray], list[str]]] = {}
 
     def add(self, name: str, schema: Schema | None = None, label: Callable[[Any], str] | None = None,
-            by_column: bool = False) -> Callable[[Partitioner], Partitioner]:
+            by_column: bool = False, site_names: Callable[[np.ndarray], list[str]] | None = None,
+            ) -> Callable[[Partitioner], Partitioner]:
         """Register a partitioner; ``label(partition_cfg)`` names it with its parameters;
-        ``by_column``: it takes each record's site-column value as ``groups``."""
+        ``by_column``: it takes each record's site-column value as ``groups``; ``site_names(groups)``:
+        the name of each site it makes, when its sites have names."""
         def wrap(fn: Partitioner) -> Partitioner:
             self.register(name)(fn)  # type: ignore[arg-type]
             self.schemas[name] = schema or Schema()
             self._labels[name] = label or (lambda _cfg: name)
             if by_column:
                 self.by_column.add(name)
+            if site_names is not None:
+                self._namers[name] = site_names
             return fn
 
         return wrap
+
+    def site_names(self, name: str, groups: np.ndarray | None) -> list[str] | None:
+        """Site ``i``'s name for each site of partitioner ``name`` (None: its sites are numbered)."""
+        namer = self._namers.get(name)
+        return namer(np.asarray(groups)) if namer is not None and groups is not None else None
 
     def describe(self, partition_cfg: Any) -> str:
         """The partition config ``partition_cfg`` (``name`` and its keys) in a few characters,
@@ -127,7 +138,8 @@ def dirichlet_partition(
 @PARTITIONS.add("natural_id", Schema([
     Rule("partition.column", lambda v, cfg: isinstance(v, str) and v.strip() != "",
          "the name of the column that says which site holds each record"),
-]), label=lambda p: f"natural_id({p.column})", by_column=True)
+]), label=lambda p: f"natural_id({p.column})", by_column=True,
+    site_names=lambda groups: sorted(set(groups.tolist())))
 def natural_id_partition(y: np.ndarray, num_sites: int, seed: int, groups: np.ndarray,
                          column: str) -> list[np.ndarray]:
     """One site per distinct value of the site column (flwr-datasets' ``NaturalIdPartitioner``),
@@ -147,3 +159,25 @@ def natural_id_partition(y: np.ndarray, num_sites: int, seed: int, groups: np.nd
         of_name = {natural: pid for pid, natural in partitioner.partition_id_to_natural_id.items()}
         return [np.sort(np.asarray(partitioner.load_partition(of_name[name])["record"], dtype=np.int64))
                 for name in names]
+
+
+@PARTITIONS.add("grouped_id", Schema([
+    Rule("partition.column", lambda v, cfg: isinstance(v, str) and v.strip() != "",
+         "the name of the column whose values the sites hold disjoint sets of"),
+]), label=lambda p: f"grouped_id({p.column})", by_column=True)
+def grouped_id_partition(y: np.ndarray, num_sites: int, seed: int, groups: np.ndarray,
+                         column: str) -> list[np.ndarray]:
+    """Each site holds every record of a disjoint set of the column's values (patients, products,
+    wards), the values dealt into ``num_sites`` sets of equal count (to one) in an order drawn from
+    ``seed``. Written here: flwr-datasets' ``GroupedNaturalIdPartitioner`` fixes the values per
+    group, not the number of groups."""
+    names, of_record = np.unique(groups, return_inverse=True)
+    if len(names) < num_sites:
+        raise ValueError(f"partition.column={column!r} has {len(names)} distinct values, fewer than "
+                         f"federation.num_sites={num_sites}: expected at least one value per site")
+    site_of_name = np.empty(len(names), dtype=np.int64)
+    dealt = np.array_split(np.random.default_rng(seed).permutation(len(names)), num_sites)
+    for site, chosen in enumerate(dealt):
+        site_of_name[chosen] = site
+    site_of_record = site_of_name[of_record]
+    return [np.flatnonzero(site_of_record == site) for site in range(num_sites)]

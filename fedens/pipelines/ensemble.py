@@ -474,7 +474,7 @@ def prepare(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, A
     outputs = {"test": cached_expert_outputs(L.coordinator_test_path(run_dir).parent, L.experts_path(run_dir),
                                              task.test.inputs(), lambda: experts),  # kept for the ServerApp
                "private": expert_outputs(experts, task.private.inputs())}
-    site_names = sorted(set(groups.tolist())) if groups is not None else None  # natural_id: site i's value
+    site_names = PARTITIONS.site_names(cfg.partition.name, groups)  # natural_id: site i's value
     return {"task": task, "sites": sites, "site_names": site_names, "experts": experts, "initial": initial,
             "outputs": outputs}
 

@@ -61,3 +61,21 @@ def test_every_partition_is_described_with_its_parameters():
     assert PARTITIONS.describe(OmegaConf.create({"name": "iid"})) == "iid"
     assert PARTITIONS.describe(OmegaConf.create({"name": "dirichlet", "alpha": 0.25,
                                                  "min_partition_size": 5})) == "dirichlet(0.25)"
+
+
+def test_grouped_id_gives_each_site_whole_disjoint_sets_of_the_columns_values():
+    rng = np.random.default_rng(0)
+    groups = rng.choice([f"patient-{i}" for i in range(23)], size=400)  # 23 patients, several records each
+    y = rng.integers(0, 2, size=400)
+    sites = PARTITIONS.split("grouped_id", y, 5, seed=3, groups=groups, column="patient")
+    assert sorted(np.concatenate(sites).tolist()) == list(range(400))  # every record once
+    held = [set(groups[s]) for s in sites]
+    assert all(not (a & b) for i, a in enumerate(held) for b in held[i + 1:])  # no patient at two sites
+    assert sorted(len(h) for h in held) == [4, 4, 5, 5, 5]  # 23 values dealt as evenly as they go
+    again = PARTITIONS.split("grouped_id", y, 5, seed=3, groups=groups, column="patient")
+    other = PARTITIONS.split("grouped_id", y, 5, seed=4, groups=groups, column="patient")
+    assert all(np.array_equal(a, b) for a, b in zip(sites, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(sites, other, strict=True))
+    with pytest.raises(ValueError, match=r"partition.column='patient' has 23 distinct values, fewer than "
+                                         r"federation.num_sites=30: expected at least one value per site"):
+        PARTITIONS.split("grouped_id", y, 30, seed=0, groups=groups, column="patient")
