@@ -43,6 +43,26 @@ def test_prompted_teachers_at_the_sites_answer_queries_privately(compose, tmp_pa
     assert (tmp_path / "sites" / "site_0" / "cache" / "lm-scores.sqlite").is_file()
 
 
+def test_a_target_epsilon_sets_the_noise_and_the_ledgers_spend_it(compose, tmp_path, model,
+                                                                  in_process_engine):
+    import dp_accounting
+
+    from fedens.runs.frame import validate
+
+    results = run(compose(*SMALL, f"experts.model_path={model}", "privacy.epsilon=3"), run_dir=tmp_path)
+    sigma = float(results["privacy"]["mechanism"].split("'sigma': ")[1].split("}")[0])
+    # independently: 18 GNMax answers, each a Gaussian of noise sigma / sqrt(2) (L2 sensitivity sqrt(2))
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(sigma / np.sqrt(2)), 18)
+    assert accountant.get_epsilon(1e-5) == pytest.approx(3, abs=1e-3)
+    for site in ("0", "1"):
+        assert 2.99 < results["privacy"]["per_site"][site]["epsilon"] <= 3.0
+    with pytest.raises(ValueError, match=r"invalid privacy.epsilon=.*expected null \(use sigma2\) or a "
+                                         r"number in \(0, privacy.budget=100\], with "
+                                         r"privacy.mechanism=gnmax"):
+        validate(compose(*SMALL, "privacy.epsilon=3", "privacy.mechanism=confident_gnmax"))
+
+
 def test_a_site_refuses_queries_once_its_budget_is_spent(compose, tmp_path, model, in_process_engine):
     results = run(compose(*SMALL, f"experts.model_path={model}", "privacy.budget=0.5"), run_dir=tmp_path)
     assert results["privacy"]["queries_answered"] == 0 and results["privacy"]["queries_refused"] == 18
@@ -50,6 +70,20 @@ def test_a_site_refuses_queries_once_its_budget_is_spent(compose, tmp_path, mode
         ledger = PrivacyLedger.read(tmp_path / "sites" / f"site_{site}" / "ledger.sqlite")
         assert ledger.records() == [] and ledger.queries_refused() == 18
     assert np.isfinite(results["baselines"]["zero_shot_accuracy"])
+
+
+def test_sites_split_by_product_hold_disjoint_products_and_a_bad_column_is_refused(compose, tmp_path):
+    from fedens.pipelines.private_icl import prepare
+    from fedens.runs.frame import validate
+
+    cfg = compose(*SMALL, "partition=grouped_id", "partition.column=product")
+    validate(cfg)
+    data = prepare(cfg, tmp_path)
+    products = [set(data["private"]["product"].to_numpy()[s]) for s in data["sites"]]
+    assert sum(map(len, products)) == 50 and not products[0] & products[1]  # 60 - 10 public, each once
+    with pytest.raises(ValueError, match=r"invalid partition.column='score': expected one of the reviews' "
+                                         r"columns \['product'\]"):
+        validate(compose(*SMALL, "partition=grouped_id", "partition.column=score"))
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@ model prompted with a small set of one site's labelled examples per teacher, the
 so that one record changes one teacher's prompt and so at most one vote.
 
 A teacher's prompt is its examples, each ``Review: <text>\\nSentiment: <answer>``, then the query
-in the same form without the answer; its vote is the answer the model finds likeliest. Small
+in the same form without the answer (inside the language model's prompt format: by default
+``Question: ...\\nAnswer:``); its vote is the answer the model finds likeliest. Small
 models favour one answer word whatever the text, so each teacher is calibrated, from its own
 prompt and public inputs only (its vote still depends on its examples alone):
 

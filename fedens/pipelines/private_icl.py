@@ -13,6 +13,7 @@ the pool's released labels (``combiner.student``; both are reported).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ ANCHORS = {"promptpate_sst2": {"student_accuracy": 0.927, "epsilon": 0.147, "non
                                          "GPT-3 Babbage on SST-2"}}
 
 
+#: columns of the reviews a partition by column can read (every review is of its own product)
+PARTITION_COLUMNS = ("product",)
+
+
 def _train_fits(v: Any, cfg: DictConfig) -> bool:
     return v is None or (isinstance(v, int) and v >= cfg.data.pool_size + cfg.federation.num_sites)
 
@@ -56,7 +61,13 @@ PRIVATE_ICL_SCHEMA = Schema([
     positive("privacy.budget", "a finite number > 0"),
     one_of("privacy.mechanism", ("confident_gnmax", "gnmax"), show=lambda o: "'confident_gnmax' or 'gnmax'"),
     positive("privacy.sigma1"), positive("privacy.sigma2"), positive("privacy.threshold"),
+    Rule("privacy.epsilon", lambda v, cfg: v is None or (is_num(v) and 0 < v <= cfg.privacy.budget
+                                                        and cfg.privacy.mechanism == "gnmax"),
+         lambda cfg: f"null (use sigma2) or a number in (0, privacy.budget={cfg.privacy.budget:g}], with "
+                     "privacy.mechanism=gnmax (Confident-GNMax's cost depends on the votes)"),
     integer("privacy.query_batch"),
+    one_of("partition.column", PARTITION_COLUMNS, show=lambda o: f"one of the reviews' columns {list(o)}",
+           when=lambda cfg: cfg.partition.name in PARTITIONS.by_column),
     integer("data.pool_size"), integer("data.test_size", 1, 1000, note="of the 1,000 test reviews"),
     Rule("data.train_size", _train_fits, lambda cfg: "null (all 4,000) or an integer >= pool_size + "
          f"num_sites ({cfg.data.pool_size + cfg.federation.num_sites})"),
@@ -77,8 +88,20 @@ PRIVATE_ICL_SCHEMA = Schema([
 def _mechanism_params(cfg: DictConfig) -> dict[str, float]:
     p = cfg.privacy
     if p.mechanism == "gnmax":
+        if p.epsilon is not None:
+            queries = cfg.data.test_size + cfg.data.pool_size
+            return {"sigma": _sigma_for(float(p.epsilon), float(p.delta), queries)}
         return {"sigma": float(p.sigma2)}
     return {"threshold": float(p.threshold), "sigma1": float(p.sigma1), "sigma2": float(p.sigma2)}
+
+
+@functools.cache
+def _sigma_for(epsilon: float, delta: float, num_queries: int) -> float:
+    """The least GNMax noise whose answers to all the run's queries stay within ``epsilon`` per
+    site at ``delta`` (dp-accounting's RDP accountant, as the ledgers count)."""
+    from fedens.privacy.mechanisms import GNMax
+
+    return float(GNMax.with_epsilon(epsilon, delta, num_queries).sigma)
 
 
 def _lm(cfg: DictConfig) -> Any:
@@ -114,7 +137,9 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     test = test.iloc[: cfg.data.test_size]
     y_private = _classes(private["score"])
     params = {k: v for k, v in OmegaConf.to_container(cfg.partition).items() if k != "name"}
-    sites = PARTITIONS.split(cfg.partition.name, y_private, cfg.federation.num_sites, cfg.seed, **params)
+    groups = private[params["column"]].to_numpy() if cfg.partition.name in PARTITIONS.by_column else None
+    sites = PARTITIONS.split(cfg.partition.name, y_private, cfg.federation.num_sites, cfg.seed, groups=groups,
+                             **params)
     for site, records in enumerate(sites):
         L.site_dir(run_dir, site).mkdir(parents=True, exist_ok=True)  # in simulation, the site's own disk
         write_atomic(L.site_dir(run_dir, site) / "data.npz", npz_bytes(
