@@ -111,6 +111,7 @@ class Task:
     name: str
     questions: list[Any]
     labels: np.ndarray
+    choices_listed: bool  # the prompts list the options (BIG-bench's append_choices_to_input)
 
     @property
     def chance(self) -> float:
@@ -126,9 +127,11 @@ def _flag(value: Any, default: bool) -> bool:
 
 
 @cache
-def bigbench_task(task: str, seed: int = 0) -> Task:
+def bigbench_task(task: str, seed: int = 0, list_choices: bool | None = None) -> Task:
     """The task's examples that have ``target_scores`` and one best option, as questions; the
-    options of each in an order drawn from ``seed`` and the example's position."""
+    options of each in an order drawn from ``seed`` and the example's position. ``list_choices``:
+    whether a prompt lists the options (None: as the task file says; small models often do better
+    without the list)."""
     from fedens.experts import MultipleChoiceQuestion
 
     spec = json.loads(task_file(task).read_text())
@@ -136,7 +139,7 @@ def bigbench_task(task: str, seed: int = 0) -> Task:
     input_prefix = spec.get("example_input_prefix", "\nQ: ")
     output_prefix = spec.get("example_output_prefix", "\nA: ")
     choice_prefix = spec.get("choice_prefix", "\n  choice: ")
-    append = _flag(spec.get("append_choices_to_input"), True)
+    append = _flag(spec.get("append_choices_to_input"), True) if list_choices is None else list_choices
     questions, labels = [], []
     for i, example in enumerate(spec["examples"]):
         scores = example.get("target_scores")
@@ -148,7 +151,7 @@ def bigbench_task(task: str, seed: int = 0) -> Task:
         body = example["input"] + ("".join(choice_prefix + o for o in options) if append else "")
         questions.append(MultipleChoiceQuestion(prefix + input_prefix + body + output_prefix, options))
         labels.append(options.index(max(scores, key=scores.get)))
-    return Task(task, questions, np.asarray(labels, dtype=np.int64))
+    return Task(task, questions, np.asarray(labels, dtype=np.int64), append)
 
 
 if __name__ == "__main__":

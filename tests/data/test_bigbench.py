@@ -35,6 +35,10 @@ def test_a_question_is_prompted_as_big_bench_prompts_it_and_keeps_its_answer():
     social = bigbench_task("social_iqa").questions[0]  # no prefixes set: BIG-bench's defaults, choices listed
     assert social.question.startswith("\nQ: ") and social.question.endswith("\nA: ")
     assert all(f"\n  choice: {o}" in social.question for o in social.options)
+    unlisted = bigbench_task("social_iqa", list_choices=False)
+    assert bigbench_task("social_iqa").choices_listed and not unlisted.choices_listed
+    assert "choice:" not in unlisted.questions[0].question and unlisted.questions[0].options == social.options
+    np.testing.assert_array_equal(unlisted.labels, bigbench_task("social_iqa").labels)
 
 
 def test_options_are_shuffled_so_position_does_not_give_the_answer():
