@@ -81,6 +81,11 @@ def test_sites_split_by_product_hold_disjoint_products_and_a_bad_column_is_refus
     data = prepare(cfg, tmp_path)
     products = [set(data["private"]["product"].to_numpy()[s]) for s in data["sites"]]
     assert sum(map(len, products)) == 50 and not products[0] & products[1]  # 60 - 10 public, each once
+    with pytest.raises(ValueError, match=r"invalid experts.model_path='nope-lm': expected a GGUF file, a "
+                                         r"transformers folder or an offline model's name: no such file or "
+                                         r"folder: nope-lm"):
+        validate(compose(*SMALL, "experts.model_path=nope-lm"))
+    validate(compose(*SMALL, "experts.model_path=gemma-3-270m"))  # an offline model by name
     with pytest.raises(ValueError, match=r"invalid partition.column='score': expected one of the reviews' "
                                          r"columns \['product'\]"):
         validate(compose(*SMALL, "partition=grouped_id", "partition.column=score"))

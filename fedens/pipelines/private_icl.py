@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from fedens.config_schema import Rule, Schema, integer, is_num, one_of, positive
+from fedens.config_schema import Rule, Schema, checked, integer, is_num, one_of, positive
 from fedens.data import PARTITIONS
 from fedens.experts.prompted_teachers import CALIBRATIONS
 from fedens.federation import layout as L
@@ -46,6 +46,17 @@ ANCHORS = {"promptpate_sst2": {"student_accuracy": 0.927, "epsilon": 0.147, "non
 
 #: columns of the reviews a partition by column can read (every review is of its own product)
 PARTITION_COLUMNS = ("product",)
+
+
+def _model_problem(model_path: Any) -> str:
+    """What keeps the teachers' model from loading here ("" if nothing)."""
+    from fedens.experts.language_model import model_file
+
+    try:
+        path = model_file(model_path)
+    except (ImportError, ValueError) as error:
+        return str(error)
+    return "" if path.exists() else f"no such file or folder: {path}"
 
 
 def _train_fits(v: Any, cfg: DictConfig) -> bool:
@@ -80,6 +91,8 @@ PRIVATE_ICL_SCHEMA = Schema([
     Rule("experts.answers", lambda v, cfg: sorted(v) == sorted(LABELS) and len(set(v.values())) == 2,
          f"one distinct answer word for each of {list(LABELS)}"),
     integer("experts.batch_size"),
+    checked("experts.model_path", lambda cfg: _model_problem(cfg.experts.model_path),
+            "a GGUF file, a transformers folder or an offline model's name"),
     positive("combiner.C", "a number > 0 (the classifier student's inverse regularisation)"),
     one_of("combiner.student", ("prompt", "classifier"), show=lambda o: "'prompt' or 'classifier'"),
 ])
