@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def row(path: Path) -> list[str]:
     prior = d.get("prior")
     students = f"{f(m['prompt_student_accuracy'])} / {f(m['classifier_student_accuracy'])}"
     return [d["calibrate"] + (f" {prior['great']:g}/{prior['other']:g}" if prior else ""),
-            p["mechanism"].split(", every site")[0], f(p["epsilon_max"]),
+            re.sub(r"\d+\.\d{4,}", lambda x: f"{float(x.group()):.4g}", p["mechanism"].split(", every")[0]),
+            f(p["epsilon_max"]),
             f"{f(m['test_accuracy'])} [{lo:.3f}, {hi:.3f}]",
             f(m["balanced_accuracy"]), students, f(b["public_prompt_random_labels_accuracy"]),
             f(b["zero_shot_accuracy"]),
