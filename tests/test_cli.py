@@ -371,7 +371,8 @@ def test_version_and_run_help(tmp_path):
     helped = fedens("run", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: fedens run")
     for listed in ("experiment=NAME", "quickstart", "pate_mnist", "ensemble: data=digits",
-                   "pate: data=mnist", "partition: dirichlet, iid", "combiner: cascade, gated_ensemble"):
+                   "pate: data=mnist", "partition: dirichlet, grouped_id, iid, natural_id",
+                   "combiner: cascade, gated_ensemble"):
         assert listed in helped.stdout, listed
     assert "Hydra" not in helped.stdout.splitlines()[0] and not (tmp_path / "outputs").exists()
 
