@@ -101,7 +101,10 @@ def dirichlet_partition(
     """Label-skewed division of records ``0..len(y)-1`` into ``num_sites`` sites.
 
     Uses flwr-datasets' ``DirichletPartitioner`` on a ``datasets.Dataset`` built
-    in memory (no download). Every record lands in exactly one site.
+    in memory (no download). Every record lands in exactly one site, every site
+    gets ``min_partition_size``: when flwr-datasets finds no such draw in its 10
+    attempts (many sites, small ``alpha``), its draw without the minimum is
+    :func:`topped_up`.
     """
     from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner
@@ -113,26 +116,34 @@ def dirichlet_partition(
             f"num_sites={num_sites} x min_partition_size={min_partition_size} exceeds "
             f"the {len(y)} private records"
         )
-    dataset = Dataset.from_dict({"record": np.arange(len(y)), "label": y.tolist()})
-    partitioner = DirichletPartitioner(
-        num_partitions=num_sites,
-        partition_by="label",
-        alpha=alpha,
-        min_partition_size=min_partition_size,
-        self_balancing=False,
-        seed=seed,
-    )
-    partitioner.dataset = dataset
+    def draw(minimum: int) -> list[np.ndarray]:
+        partitioner = DirichletPartitioner(num_partitions=num_sites, partition_by="label", alpha=alpha,
+                                           min_partition_size=minimum, self_balancing=False, seed=seed)
+        partitioner.dataset = Dataset.from_dict({"record": np.arange(len(y)), "label": y.tolist()})
+        return [np.asarray(partitioner.load_partition(site)["record"], dtype=np.int64)
+                for site in range(num_sites)]
+
     try:
-        return [
-            np.asarray(partitioner.load_partition(site)["record"], dtype=np.int64)
-            for site in range(num_sites)
-        ]
-    except ValueError as error:  # flwr-datasets gives up after a few draws
-        raise ValueError(
-            f"no draw gave each of num_sites={num_sites} sites min_partition_size={min_partition_size} "
-            f"of the {len(y)} private records at alpha={alpha:g} (flwr-datasets: {error})"
-        ) from None
+        return draw(min_partition_size)
+    except ValueError:  # flwr-datasets gives up after 10 draws with a site below the minimum
+        return topped_up(draw(0), min_partition_size, np.random.default_rng(seed))
+
+
+def topped_up(sites: list[np.ndarray], minimum: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``sites`` with every site holding at least ``minimum`` records: records chosen at random
+    move from the largest site to the smallest until none is below (the division's label skew is
+    kept elsewhere). Needs ``len(sites) * minimum`` records in all; written here since
+    flwr-datasets' ``DirichletPartitioner`` only redraws, which fails for many sites."""
+    sites = [np.asarray(s, dtype=np.int64) for s in sites]
+    while True:
+        sizes = np.array([len(s) for s in sites])
+        small, large = int(sizes.argmin()), int(sizes.argmax())
+        if sizes[small] >= minimum:
+            return [np.sort(s) for s in sites]
+        take = min(minimum - sizes[small], sizes[large] - minimum)  # >= 1: the records suffice
+        moved = rng.choice(sizes[large], size=take, replace=False)
+        sites[small] = np.concatenate([sites[small], sites[large][moved]])
+        sites[large] = np.delete(sites[large], moved)
 
 
 @PARTITIONS.add("natural_id", Schema([

@@ -79,3 +79,26 @@ def test_grouped_id_gives_each_site_whole_disjoint_sets_of_the_columns_values():
     with pytest.raises(ValueError, match=r"partition.column='patient' has 23 distinct values, fewer than "
                                          r"federation.num_sites=30: expected at least one value per site"):
         PARTITIONS.split("grouped_id", y, 30, seed=0, groups=groups, column="patient")
+
+
+def test_dirichlet_fills_any_site_count_the_records_can_fill_and_keeps_draws_that_work():
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    y = load_task("digits", 0.3, 0.25, seed=0).private.y  # 809 records
+    # 10 sites: flwr-datasets' own draw, unchanged
+    partitioner = DirichletPartitioner(num_partitions=10, partition_by="label", alpha=0.5,
+                                       min_partition_size=5, self_balancing=False, seed=0)
+    partitioner.dataset = Dataset.from_dict({"record": np.arange(len(y)), "label": y.tolist()})
+    direct = [np.asarray(partitioner.load_partition(i)["record"]) for i in range(10)]
+    ours = dirichlet_partition(y, 10, seed=0, alpha=0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, direct, strict=True))
+    for num_sites in (68, 100, 161):  # flwr-datasets alone gives up on each (10 draws)
+        sites = dirichlet_partition(y, num_sites, alpha=0.5, seed=0)
+        assert sorted(np.concatenate(sites).tolist()) == list(range(len(y)))
+        assert min(len(s) for s in sites) >= 5
+        assert max(np.bincount(y[s], minlength=10).max() / len(s) for s in sites) > 0.5  # still label-skewed
+        again = dirichlet_partition(y, num_sites, alpha=0.5, seed=0)
+        assert all(np.array_equal(a, b) for a, b in zip(sites, again, strict=True))
+    with pytest.raises(ValueError, match=r"num_sites=162 x min_partition_size=5 exceeds the 809 private "):
+        dirichlet_partition(y, 162, alpha=0.5, seed=0)
