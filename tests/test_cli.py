@@ -54,7 +54,6 @@ BAD_INPUT = [
     ("seed=-1", ["invalid seed=-1", "an integer >= 0"]),
     ("seed=abc", ["invalid seed='abc'", "an integer >= 0"]),
     ("federation.num_sites=200", ["invalid federation.num_sites=200", "exceeds the 809 private records"]),
-    ("federation.num_sites=100", ["invalid federation.num_sites=100", "of the 809 private records"]),
     ("data.public_fraction=0.001", ["invalid data.public_fraction=0.001", "public split at least 2 records "
                                     "per class", "20 of the 1797 digits records; it leaves 1"]),
     ("data.test_fraction=0.001", ["invalid data.test_fraction=0.001", "test split at least 1 record"]),
