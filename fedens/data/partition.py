@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -124,7 +125,9 @@ def dirichlet_partition(
                 for site in range(num_sites)]
 
     try:
-        return draw(min_partition_size)
+        with warnings.catch_warnings():  # flwr-datasets warns at each draw it rejects: handled here
+            warnings.filterwarnings("ignore", "The specified min_partition_size", UserWarning)
+            return draw(min_partition_size)
     except ValueError:  # flwr-datasets gives up after 10 draws with a site below the minimum
         return topped_up(draw(0), min_partition_size, np.random.default_rng(seed))
 
