@@ -113,11 +113,6 @@ class Task:
     labels: np.ndarray
     choices_listed: bool  # the prompts list the options (BIG-bench's append_choices_to_input)
 
-    @property
-    def chance(self) -> float:
-        """Accuracy of a uniformly random option."""
-        return float(np.mean([1 / len(q.options) for q in self.questions]))
-
 
 def _flag(value: Any, default: bool) -> bool:
     """BIG-bench's booleans, some of which are the strings "True" / "False"."""

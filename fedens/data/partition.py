@@ -149,9 +149,13 @@ def topped_up(sites: list[np.ndarray], minimum: int, rng: np.random.Generator) -
         sites[large] = np.delete(sites[large], moved)
 
 
+def _column_rule(expected: str) -> Rule:
+    """``partition.column``: a column's name (what the partitioner reads from it in ``expected``)."""
+    return Rule("partition.column", lambda v, cfg: isinstance(v, str) and v.strip() != "", expected)
+
+
 @PARTITIONS.add("natural_id", Schema([
-    Rule("partition.column", lambda v, cfg: isinstance(v, str) and v.strip() != "",
-         "the name of the column that says which site holds each record"),
+    _column_rule("the name of the column that says which site holds each record"),
 ]), label=lambda p: f"natural_id({p.column})", by_column=True,
     site_names=lambda groups: sorted(set(groups.tolist())))
 def natural_id_partition(y: np.ndarray, num_sites: int, seed: int, groups: np.ndarray,
@@ -176,8 +180,7 @@ def natural_id_partition(y: np.ndarray, num_sites: int, seed: int, groups: np.nd
 
 
 @PARTITIONS.add("grouped_id", Schema([
-    Rule("partition.column", lambda v, cfg: isinstance(v, str) and v.strip() != "",
-         "the name of the column whose values the sites hold disjoint sets of"),
+    _column_rule("the name of the column whose values the sites hold disjoint sets of"),
 ]), label=lambda p: f"grouped_id({p.column})", by_column=True)
 def grouped_id_partition(y: np.ndarray, num_sites: int, seed: int, groups: np.ndarray,
                          column: str) -> list[np.ndarray]:

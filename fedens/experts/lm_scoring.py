@@ -134,14 +134,13 @@ def shared_prefix(model: Any, pad: int, items: Sequence[Encoded], batch_size: in
         cache.batch_repeat_interleave(C)  # row b * C + j: prompt b for its option j
         inputs = torch.full((len(rows), rest), pad, dtype=torch.long)
         tail = torch.zeros((len(rows), rest), dtype=torch.long)
+        targets = torch.zeros((len(rows), rest), dtype=torch.long)  # option token t + 1 after token t
         for r, (_, _, cont) in enumerate(rows):  # right-padded: the causal mask keeps pads out
             inputs[r, :len(cont) - 1] = torch.tensor(cont[:-1])
+            targets[r, :len(cont) - 1] = torch.tensor(cont[1:])
             tail[r, :len(cont) - 1] = 1
         prompt_mask = mask.repeat_interleave(C, dim=0)
         positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(rest).unsqueeze(0)
-        targets = torch.zeros((len(rows), rest), dtype=torch.long)  # option token t + 1 after token t
-        for r, (_, _, cont) in enumerate(rows):
-            targets[r, :len(cont) - 1] = torch.tensor(cont[1:])
         with torch.inference_mode():
             logits = model(input_ids=inputs, attention_mask=torch.cat([prompt_mask, tail], dim=1),
                            position_ids=positions, cache=cache).logits

@@ -81,6 +81,8 @@ class OfflineModel:
                 raise ImportError(f"the parts of {self.name} join to sha256 {digest[:16]}..., expected "
                                   f"{self.sha256[:16]}...: reinstall them with: {self.install}")
             os.replace(tmp, path)
+            stat = path.stat()  # its digest is known: not read again by cached_sha256
+            _HASHED[(str(path), stat.st_size, stat.st_mtime_ns)] = digest
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
