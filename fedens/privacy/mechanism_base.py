@@ -89,9 +89,14 @@ def describe_first(a: np.ndarray, bad: np.ndarray) -> str:
 
 def check_array(x: Any, name: str, shape: str, ndim: int) -> np.ndarray:
     """Non-empty, finite, non-negative float array with ``ndim`` dimensions."""
-    a = np.asarray(x, dtype=float)
+    raw = np.asarray(x)
+    a = np.asarray(raw, dtype=float)
     if a.ndim != ndim or a.size == 0:
         raise ValueError(f"{name} must be a non-empty array of shape {shape}, got shape {a.shape}")
+    if np.issubdtype(raw.dtype, np.integer):  # finite by type: one pass over the counts
+        if raw.min() < 0:
+            raise ValueError(f"{name} must be non-negative, got {describe_first(a, a < 0)}")
+        return a
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite, got {describe_first(a, ~np.isfinite(a))}")
     if np.any(a < 0):
@@ -101,7 +106,8 @@ def check_array(x: Any, name: str, shape: str, ndim: int) -> np.ndarray:
 
 def check_votes(votes: Any) -> np.ndarray:
     v = check_array(votes, "votes", "(n, C)", 2)
-    if np.any(v != np.round(v)):  # risky but legal: the sensitivity assumes one vote per teacher
+    integral = np.issubdtype(np.asarray(votes).dtype, np.integer)
+    if not integral and np.any(v != np.round(v)):  # risky but legal: the sensitivity assumes one vote per teacher
         warnings.warn(f"votes are not integer counts (e.g. {describe_first(v, v != np.round(v))}); "
                       "the stated sensitivity assumes each teacher adds one vote", stacklevel=3)
     return v

@@ -90,7 +90,8 @@ class GNMax(Mechanism):
 
     def release(self, inputs: np.ndarray, rng: np.random.Generator) -> Release:
         votes = check_votes(inputs)
-        noisy = votes + check_rng(rng).normal(0.0, self.sigma, votes.shape)
+        noisy = check_rng(rng).normal(0.0, self.sigma, votes.shape)
+        noisy += votes
         return self._release(labels=noisy.argmax(axis=1), answered=np.ones(len(votes), bool),
                              noisy_aggregate=noisy)
 
@@ -192,7 +193,8 @@ class ConfidentGNMax(Mechanism):
         rng = check_rng(rng)
         noisy_check = votes.max(axis=1) + rng.normal(0.0, self.sigma1, len(votes))
         answered = noisy_check >= self.threshold
-        noisy = votes + rng.normal(0.0, self.sigma2, votes.shape)
+        noisy = rng.normal(0.0, self.sigma2, votes.shape)
+        noisy += votes
         noisy[~answered] = np.nan  # drawn but never published, never charged
         labels = np.where(answered, np.nan_to_num(noisy).argmax(axis=1), -1)
         return self._release(labels=labels, answered=answered, noisy_aggregate=noisy,

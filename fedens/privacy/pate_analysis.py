@@ -48,6 +48,9 @@ DEFAULT_ORDERS = np.concatenate(
 )
 
 
+_CHUNK = 512  # queries analysed at a time
+
+
 def _positive(name: str, value: float) -> float:
     value = float(value)
     if not np.isfinite(value) or value <= 0:
@@ -329,22 +332,26 @@ def analyze_pate(
     o = _orders(orders)
     s2 = _positive("sigma", sigma)
     n = v.shape[0]
-    gnmax = _rdp_from_logq(_log_prob_not_top(v, s2), s2, o)
     if threshold is None and sigma_threshold is None:
         if answered is not None:
             raise ValueError("answered is only meaningful with a threshold (Confident-GNMax)")
-        mask = np.ones(n, dtype=bool)
-        per_query, independent = gnmax, n * o / s2**2
+        mask, s1 = np.ones(n, dtype=bool), None
+        independent = n * o / s2**2
     elif threshold is not None and sigma_threshold is not None:
         s1 = _positive("sigma_threshold", sigma_threshold)
         mask = np.asarray(answered, dtype=bool) if answered is not None else None
         if mask is None or mask.shape != (n,):
             raise ValueError(f"answered must be a bool array of shape ({n},), got {answered!r}")
-        check = _threshold_rdp(v.max(axis=1), float(threshold), s1, o)
-        per_query = check + mask[:, None] * gnmax
         independent = n * o / (2 * s1**2) + mask.sum() * o / s2**2
     else:
         raise ValueError("give both threshold and sigma_threshold, or neither")
+    per_query = np.empty((n, o.size))
+    for start in range(0, n, _CHUNK):  # temporaries that stay in cache, not one per (n, orders) array
+        rows = slice(start, start + _CHUNK)
+        cost = _rdp_from_logq(_log_prob_not_top(v[rows], s2), s2, o) * mask[rows, None]
+        if s1 is not None:
+            cost += _threshold_rdp(v[rows].max(axis=1), float(threshold), s1, o)
+        per_query[rows] = cost
     dependent = per_query.sum(axis=0)
     eps_dd, order_dd = rdp_to_epsilon(dependent, o, delta)
     eps_di, order_di = rdp_to_epsilon(independent, o, delta)

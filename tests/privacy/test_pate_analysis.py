@@ -232,11 +232,12 @@ def test_rdp_to_epsilon_rejects_bad_input():
 
 def test_analyze_pate_reports_both_numbers():
     rng = np.random.default_rng(0)
-    votes = np.array([rng.multinomial(250, rng.dirichlet(np.full(10, 0.05))) for _ in range(200)])
-    answered = votes.max(axis=1) + rng.normal(0, 150, 200) >= 200
+    n = 1100  # more than one of the chunks analyze_pate works in, the last one partial
+    votes = np.array([rng.multinomial(250, rng.dirichlet(np.full(10, 0.05))) for _ in range(n)])
+    answered = votes.max(axis=1) + rng.normal(0, 150, n) >= 200
     a = analyze_pate(votes, sigma=40.0, delta=1e-5, threshold=200.0, sigma_threshold=150.0,
                      answered=answered, orders=ORDERS)
-    di = 200 * ORDERS / (2 * 150.0**2) + answered.sum() * ORDERS / 40.0**2
+    di = n * ORDERS / (2 * 150.0**2) + answered.sum() * ORDERS / 40.0**2
     np.testing.assert_allclose(a.rdp_data_independent, di)
     per_query = [confident_gnmax_rdp_data_dependent(v, 200., 150., 40., bool(s), ORDERS)
                  for v, s in zip(votes, answered, strict=True)]
@@ -244,11 +245,12 @@ def test_analyze_pate_reports_both_numbers():
     np.testing.assert_allclose(a.rdp_data_dependent, np.sum(per_query, axis=0))
     assert a.epsilon_data_dependent < a.epsilon_data_independent
     d = a.as_dict()
-    assert d["queries_answered"] == answered.sum() and d["queries"] == 200
+    assert d["queries_answered"] == answered.sum() and d["queries"] == n
     assert d["epsilon_data_independent"] == rdp_to_epsilon(di, ORDERS, 1e-5)[0]
     g = analyze_pate(votes, sigma=40.0, delta=1e-5, orders=ORDERS)
-    np.testing.assert_allclose(g.rdp_data_independent, 200 * ORDERS / 40.0**2)
-    assert g.num_answered == 200
+    np.testing.assert_allclose(g.rdp_data_independent, n * ORDERS / 40.0**2)
+    np.testing.assert_allclose(g.per_query_rdp, [gnmax_rdp_data_dependent(v, 40.0, ORDERS) for v in votes])
+    assert g.num_answered == n
 
 
 @pytest.mark.parametrize("kwargs", [
