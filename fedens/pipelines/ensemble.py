@@ -726,15 +726,26 @@ class EnsemblePipeline(Pipeline):
 
     def run(self, cfg: DictConfig, run: RunContext) -> dict[str, Any]:
         form = federated_form(cfg.combiner.name)
-        prepared = prepare(cfg, run.run_dir, run.resume)
-        task, experts = prepared["task"], prepared["experts"]
-        references = reference_combiners(cfg, prepared)
-        base = baselines(cfg, prepared, references)
+        with run.phase("prepare"):  # data, sites, experts, initial combiner, each party's files
+            prepared = prepare(cfg, run.run_dir, run.resume)
+        experts = prepared["experts"]
+        with run.phase("references"):  # the non-private federation and the baselines
+            references = reference_combiners(cfg, prepared)
+            base = baselines(cfg, prepared, references)
         run.say(f"experts  {len(experts)} trained; best single {base['best_single_expert_accuracy']:.3f}, "
                 f"uniform mean {base['uniform_mean_accuracy']:.3f}, central non-private "
                 f"{form.label} {base['central_nonprivate_accuracy']:.3f}")
-        rounds = run_federation(cfg, run, prepared["initial"])
+        with run.phase("federation"):  # Flower's engine, start to end
+            rounds = run_federation(cfg, run, prepared["initial"])
         require_aggregated_rounds(rounds)
+        if "elapsed_s" in rounds["rounds"][-1]:  # in the ServerApp's rounds; the rest: engine start, end
+            run.phases["federation_in_rounds"] = rounds["rounds"][-1]["elapsed_s"]
+        with run.phase("report"):  # the comparison, the privacy report, metrics.csv and the plot
+            return self._report(cfg, run, form, prepared, references, base, rounds)
+
+    def _report(self, cfg: DictConfig, run: RunContext, form: Any, prepared: dict[str, Any],
+                references: dict[str, Any], base: dict[str, float], rounds: dict[str, Any]) -> dict[str, Any]:
+        task, experts = prepared["task"], prepared["experts"]
         results: dict[str, Any] = {
             "data": {
                 "name": task.name,

@@ -85,15 +85,17 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, resume: bool = False
     torch.manual_seed(cfg.seed)
     tracker = open_tracker(cfg.get("tracker", "none"), run_dir, cfg)
     track = tracker.log if tracker else (lambda row, step: None)
+    context = RunContext(run_dir, resume, console.print, track)
     try:
-        body = pipeline.run(cfg, RunContext(run_dir, resume, console.print, track))
+        body = pipeline.run(cfg, context)
     except BaseException:
         if tracker:
             tracker.finish({}, ok=False)
         raise
     results = {"schema": SCHEMA_VERSION, "experiment": cfg.name, "seed": cfg.seed,
                "pipeline": pipeline.name, **body}
-    results["timing"] = {"wall_s": time.monotonic() - started, **body.get("timing", {})}
+    results["timing"] = {"wall_s": time.monotonic() - started, **body.get("timing", {}),
+                         **({"phases_s": context.phases} if context.phases else {})}
     results["environment"] = environment()
     path = write_results(run_dir, results)
     if tracker:

@@ -6,8 +6,10 @@ and how it runs. The frame (:func:`fedens.runs.run`) validates, makes the run di
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,12 +24,23 @@ PIPELINES = Registry("pipeline")
 @dataclass(frozen=True)
 class RunContext:
     """What the frame gives a pipeline's run: its directory, whether it resumes, the console, and
-    ``track(row, step)``, which hands a progress row to the run's tracker (fedens.runs.trackers)."""
+    ``track(row, step)``, which hands a progress row to the run's tracker (fedens.runs.trackers),
+    and ``phase(name)``, which times a part of the run into ``results.json``'s
+    ``timing.phases_s``."""
 
     run_dir: Path
     resume: bool
     say: Callable[[str], None]
     track: Callable[[dict[str, Any], int], None] = lambda row, step: None
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - started
 
 
 class Pipeline:
