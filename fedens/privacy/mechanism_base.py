@@ -107,7 +107,8 @@ def check_array(x: Any, name: str, shape: str, ndim: int) -> np.ndarray:
 def check_votes(votes: Any) -> np.ndarray:
     v = check_array(votes, "votes", "(n, C)", 2)
     integral = np.issubdtype(np.asarray(votes).dtype, np.integer)
-    if not integral and np.any(v != np.round(v)):  # risky but legal: the sensitivity assumes one vote per teacher
+    # fractional votes are risky but legal: the sensitivity assumes one vote per teacher
+    if not integral and np.any(v != np.round(v)):
         warnings.warn(f"votes are not integer counts (e.g. {describe_first(v, v != np.round(v))}); "
                       "the stated sensitivity assumes each teacher adds one vote", stacklevel=3)
     return v
