@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Iterable, Iterator
 
@@ -10,6 +11,8 @@ import dp_accounting
 import numpy as np
 from dp_accounting.rdp import RdpAccountant
 from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+from fedens.files import cache_root, sha256_bytes, write_atomic
 
 ACCOUNTING_METHOD = "rdp"
 #: how dp-accounting's RdpAccountant turns RDP into (epsilon, delta), named in every report
@@ -127,16 +130,45 @@ def calibrate_dpsgd_noise(
     return _calibrated_dpsgd_noise(float(target_epsilon), float(delta), float(sample_rate), int(steps))
 
 
+_BRACKET, _TOLERANCE = (1e-3, 1.0), 1e-4  # dp-accounting's search: lower end and first guess; tolerance
+
+
 @functools.lru_cache(maxsize=1024)
 def _calibrated_dpsgd_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """dp-accounting's calibration, once per process for each setting (a pure function of them)."""
-    return float(
+    """dp-accounting's calibration, once per process for each setting and kept on disk
+    (:func:`fedens.files.cache_root`), keyed by every input of the search and dp-accounting's
+    version: the search takes about a second, and every site of every run would repeat it. The
+    value is a function of public settings only; a wrong or unreadable file is recomputed."""
+    key = {"dp_accounting": _dp_accounting_version(), "target_epsilon": repr(target_epsilon),
+           "delta": repr(delta), "sample_rate": repr(sample_rate), "steps": steps,
+           "bracket": list(_BRACKET), "tol": _TOLERANCE}
+    path = cache_root() / "dpsgd_noise" / f"{sha256_bytes(json.dumps(key, sort_keys=True).encode())}.json"
+    try:
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            return float(saved["noise_multiplier"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    sigma = float(
         dp_accounting.calibrate_dp_mechanism(
             RdpAccountant,
             lambda sigma: dpsgd_event(sigma, sample_rate, steps),
             target_epsilon,
             delta,
-            bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
-            tol=1e-4,
+            bracket_interval=dp_accounting.LowerEndpointAndGuess(*_BRACKET),
+            tol=_TOLERANCE,
         )
     )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"key": key, "noise_multiplier": sigma}))
+    except OSError:  # a read-only cache costs the search next time, nothing else
+        pass
+    return sigma
+
+
+@functools.cache
+def _dp_accounting_version() -> str:
+    from importlib.metadata import version
+
+    return version("dp-accounting")

@@ -1,5 +1,7 @@
 """Epsilon values cross-checked against dp-accounting and Opacus, computed independently."""
 
+import json
+
 import dp_accounting
 import numpy as np
 import pytest
@@ -149,3 +151,43 @@ def test_noise_calibration_is_remembered_per_setting():
     assert accounting._calibrated_dpsgd_noise.cache_info().hits == 1
     assert calibrate_dpsgd_noise(3.0, 1e-5, 0.07, 121) != first  # another setting, computed anew
     assert epsilon_from_events([dpsgd_event(first, 0.07, 120)], 1e-5) <= 3.0
+
+
+def test_noise_calibration_is_kept_on_disk_by_every_input(tmp_path, monkeypatch):
+    from fedens.privacy import accounting
+
+    monkeypatch.setenv("FEDENS_CACHE", str(tmp_path))
+    accounting._calibrated_dpsgd_noise.cache_clear()
+    first = calibrate_dpsgd_noise(2.0, 1e-5, 0.05, 50)
+    (saved,) = (tmp_path / "dpsgd_noise").glob("*.json")
+    searched = accounting.dp_accounting.calibrate_dp_mechanism
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched again")
+
+    accounting._calibrated_dpsgd_noise.cache_clear()  # a new process: only the file remains
+    monkeypatch.setattr(accounting.dp_accounting, "calibrate_dp_mechanism", no_search)
+    assert calibrate_dpsgd_noise(2.0, 1e-5, 0.05, 50) == first
+    for changed in ((2.5, 1e-5, 0.05, 50), (2.0, 1e-6, 0.05, 50), (2.0, 1e-5, 0.06, 50),
+                    (2.0, 1e-5, 0.05, 51)):  # each input is in the key
+        with pytest.raises(AssertionError, match="searched again"):
+            calibrate_dpsgd_noise(*changed)
+    monkeypatch.setattr(accounting.dp_accounting, "calibrate_dp_mechanism", searched)
+    saved.write_text("{not json")  # a damaged file is searched again and rewritten
+    accounting._calibrated_dpsgd_noise.cache_clear()
+    assert calibrate_dpsgd_noise(2.0, 1e-5, 0.05, 50) == first
+    assert json.loads(saved.read_text())["noise_multiplier"] == first
+
+
+@pytest.mark.parametrize("history", [
+    [(1.1, 0.1, 30)],
+    [(0.9, 0.04, 25), (0.9, 0.04, 25), (1.3, 0.2, 5)],  # rounds repeat a setting; another run's differs
+])
+def test_the_opacus_cross_check_is_what_opacus_accountant_gives_bit_for_bit(history):
+    from fedens.privacy.dpsgd import PrivateTraining
+
+    accountant = OpacusRDP()
+    accountant.history = list(history)
+    engine = type("Engine", (), {"accountant": accountant})()
+    for _ in range(2):  # the second time from the kept one-step curves
+        assert PrivateTraining(None, None, None, engine).opacus_epsilon(1e-5) == accountant.get_epsilon(1e-5)
