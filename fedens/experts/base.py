@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 import zipfile
@@ -15,7 +16,7 @@ import numpy as np
 from fedens.data.rows import ExpertInputs, features
 from fedens.experts.registry import EXPERTS, register_expert
 from fedens.experts.validation import check_cost, check_num_classes, check_probabilities, task_class_columns
-from fedens.files import reproducible_zip, write_atomic
+from fedens.files import reproducible_zip, sha256_bytes, write_atomic
 
 
 @runtime_checkable
@@ -208,20 +209,32 @@ def canonical_skops(data: bytes) -> bytes:
     return reproducible_zip(out.getvalue())
 
 
+_READ: dict[tuple[str, tuple[str, ...]], Any] = {}  # what read_skops built, by the bytes' digest
+
+
 def read_skops(data: bytes, allowed: set[str], *, not_skops: str, untrusted: str) -> Any:
     """What a skops file holds, built from ``allowed`` types (beyond skops' defaults) only:
     ValueError ``not_skops (why)`` for a damaged or foreign file, ``untrusted: types`` when it
-    names any other type (then nothing from it is built)."""
-    import skops.io
+    names any other type (then nothing from it is built).
 
-    try:
-        unknown = sorted(set(skops.io.get_untrusted_types(data=data)) - allowed)
-        loaded = None if unknown else skops.io.loads(data, trusted=sorted(allowed))
-    except Exception as error:  # a damaged zip, or not a skops file
-        raise ValueError(f"{not_skops} ({type(error).__name__}: {error})") from None
-    if unknown:
-        raise ValueError(f"{untrusted}: {', '.join(unknown)}")
-    return loaded
+    Each call gets its own copy. What was built is kept for the life of the process, by the
+    sha256 of ``data`` and ``allowed``: in simulation many sites share a process and the same
+    experts file, and a copy costs about 1% of skops' audited load."""
+    key = (sha256_bytes(data), tuple(sorted(allowed)))
+    if key not in _READ:
+        import skops.io
+
+        try:
+            unknown = sorted(set(skops.io.get_untrusted_types(data=data)) - allowed)
+            loaded = None if unknown else skops.io.loads(data, trusted=sorted(allowed))
+        except Exception as error:  # a damaged zip, or not a skops file
+            raise ValueError(f"{not_skops} ({type(error).__name__}: {error})") from None
+        if unknown:
+            raise ValueError(f"{untrusted}: {', '.join(unknown)}")
+        if len(_READ) >= 4:
+            _READ.clear()
+        _READ[key] = loaded
+    return copy.deepcopy(_READ[key])
 
 
 def load_experts(path: Path, trusted: Iterable[str] = ()) -> list[Expert]:

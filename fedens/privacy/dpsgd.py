@@ -8,10 +8,14 @@ accountant's history is not.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis import rdp as opacus_rdp
 from torch.utils.data import DataLoader, Dataset
 
 AccountantHistory = list[tuple[float, float, int]]
@@ -30,8 +34,25 @@ class PrivateTraining:
         return [(float(s), float(q), int(n)) for s, q, n in self.engine.accountant.history]
 
     def opacus_epsilon(self, delta: float) -> float:
-        """Opacus's own RDP epsilon over the whole history (a cross-check)."""
-        return float(self.engine.accountant.get_epsilon(delta))
+        """Opacus's own RDP epsilon over the whole history (a cross-check of the ledger's).
+
+        What ``RDPAccountant.get_epsilon`` computes, with Opacus' own functions, order for order:
+        the sum over the history of ``compute_rdp(q, sigma, steps)`` (which is ``steps`` times
+        the one-step curve, kept here per ``(q, sigma)``: a site's rounds repeat it), then
+        ``get_privacy_spent``."""
+        history = self.engine.accountant.history
+        if not history:
+            return 0.0
+        rdp = sum([_opacus_step_rdp(float(q), float(sigma)) * int(steps) for sigma, q, steps in history])
+        eps, _ = opacus_rdp.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+        return float(eps)
+
+
+@functools.lru_cache(maxsize=256)
+def _opacus_step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """Opacus' RDP curve of one DP-SGD step over its accountant's default orders."""
+    return opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                                  orders=RDPAccountant.DEFAULT_ALPHAS)
 
 
 def sample_rate_for(num_records: int, batch_size: int) -> float:

@@ -116,3 +116,21 @@ def test_saving_the_same_experts_twice_gives_the_same_file(tmp_path):
     time.sleep(2.1)  # zip stamps entries to 2 s
     save_experts(experts, tmp_path / "b.skops")
     assert (tmp_path / "a.skops").read_bytes() == (tmp_path / "b.skops").read_bytes()
+
+
+def test_an_experts_file_read_again_in_a_process_is_a_fresh_copy_not_a_second_audit(tmp_path, monkeypatch):
+    import skops.io
+
+    task = load_task("digits", 0.3, 0.25, seed=0)
+    network = lambda seed: train_expert_network(task.public, 10, 3, ["logreg"], 3, 1.0, 0.05, seed)  # noqa: E731
+    save_experts(network(0), tmp_path / "experts.skops")
+    first = load_experts(tmp_path / "experts.skops")
+    monkeypatch.setattr(skops.io, "loads", lambda *a, **k: pytest.fail("audited and built again"))
+    second = load_experts(tmp_path / "experts.skops")
+    assert second[0] is not first[0] and second[0].estimator is not first[0].estimator
+    np.testing.assert_array_equal(expert_outputs(second, task.test.X), expert_outputs(first, task.test.X))
+    first[0].estimator.coef_[:] = 0.0  # one site's copy changed ...
+    assert load_experts(tmp_path / "experts.skops")[0].estimator.coef_.any()  # ... not the next one's
+    save_experts(network(1), tmp_path / "experts.skops")  # other bytes
+    with pytest.raises(pytest.fail.Exception, match="built again"):
+        load_experts(tmp_path / "experts.skops")
