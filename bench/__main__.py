@@ -25,7 +25,9 @@ SECTIONS: dict[str, Callable[[bool, int], dict[str, Any]]] = {
     "pate_analysis": privacy.pate_analysis,
     "dpsgd": privacy.dpsgd,
     "federation": federation.federation,
+    "scale": federation.scale,
 }
+QUICK_SKIPS = ("scale",)  # minutes even at its smallest (the MNIST references alone)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,7 +46,8 @@ def _commit() -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, one repeat of the federation")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes, one federation repeat, no scale section unless named")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per figure (default 3)")
     parser.add_argument("--out", type=Path, help="where the JSON goes")
     parser.add_argument("sections", nargs="*", metavar="SECTION",
@@ -58,7 +61,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     out = args.out or (ROOT / "outputs" / "bench" / "quick.json" if args.quick
                        else ROOT / "bench" / "results.json")
-    chosen = args.sections or list(SECTIONS)
+    chosen = args.sections or [s for s in SECTIONS if not (args.quick and s in QUICK_SKIPS)]
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     warnings.simplefilter("ignore")  # Opacus' secure-RNG note and the like; the figures are the output
     started = time.monotonic()

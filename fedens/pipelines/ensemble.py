@@ -441,6 +441,14 @@ def site_data_bytes(task: TaskData, records: np.ndarray) -> bytes:
                      **text_arrays(task.private.inputs()[records]))
 
 
+def _sizes_line(sites: list[np.ndarray]) -> str:
+    """Every site's record count, or for many sites their spread (results.json has each)."""
+    sizes = [len(s) for s in sites]
+    if len(sizes) <= 20:
+        return str(sizes)
+    return f"{min(sizes)} to {max(sizes)}, median {int(np.median(sizes))}"
+
+
 def prepare(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Data, sites, experts and the initial combiner, and each party's files; returns what the
     report needs. In simulation ``sites/site_<i>/`` stands for site *i*'s own disk. A resumed
@@ -448,7 +456,7 @@ def prepare(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, A
     task, sites, groups = partitioned_task(cfg)
     console.print(
         f"data  {task.name}: public {len(task.public)}, private {len(task.private)} over "
-        f"{len(sites)} sites ({PARTITIONS.describe(cfg.partition)}; sizes {[len(s) for s in sites]}), "
+        f"{len(sites)} sites ({PARTITIONS.describe(cfg.partition)}; sizes {_sizes_line(sites)}), "
         f"test {len(task.test)}" + ("" if cfg.data.shift == "none" else
                                    f"; the sites' records and the test split from other scanners "
                                    f"({', '.join(SCANNERS)}) than the public split")
