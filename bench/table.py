@@ -48,7 +48,7 @@ def tables(results: dict[str, Any]) -> str:
                 for name, r in d["rows"].items()]
         out.append(f"\nTarget {_target(d['target'])}.\n")
     runs = [("the quickstart's digits task", f) for f in s.get("federation", {}).values()]
-    runs += [("MNIST as a table", f) for k, f in s.get("scale", {}).items() if k.endswith("_sites")]
+    runs += [("MNIST as a table", f) for f in s.get("scale", {}).values() if "sites" in f]
     for task, f in runs:
         out += [f"Federation on {task}, {f['sites']:,} sites × {f['rounds']} rounds, median of "
                 f"{f['repeats']} "

@@ -251,6 +251,11 @@ def test_analyze_pate_reports_both_numbers():
     np.testing.assert_allclose(g.rdp_data_independent, n * ORDERS / 40.0**2)
     np.testing.assert_allclose(g.per_query_rdp, [gnmax_rdp_data_dependent(v, 40.0, ORDERS) for v in votes])
     assert g.num_answered == n
+    summed = analyze_pate(votes, sigma=40.0, delta=1e-5, threshold=200.0, sigma_threshold=150.0,
+                          answered=answered, orders=ORDERS, per_query=False)  # the sum alone
+    assert summed.per_query_rdp is None
+    np.testing.assert_array_equal(summed.rdp_data_dependent, a.rdp_data_dependent)
+    assert summed.epsilon_data_dependent == a.epsilon_data_dependent
 
 
 @pytest.mark.parametrize("kwargs", [
