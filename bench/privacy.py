@@ -133,12 +133,12 @@ def dpsgd(quick: bool, repeats: int) -> dict[str, Any]:
     epochs, batch, lr = (2 if quick else 5), int(cfg.combiner.batch_size), float(cfg.combiner.lr)
 
     def nonprivate() -> None:
-        model = _copy(initial)
+        model = copy.deepcopy(initial)
         loader = DataLoader(data, batch_size=batch, shuffle=True)
         run_epochs(model, make_optimizer(model, lr), loader, epochs)
 
     def private() -> None:
-        model = _copy(initial)
+        model = copy.deepcopy(initial)
         p = make_private_training(model, make_optimizer(model, lr), data, batch_size=batch,
                                   noise_multiplier=1.0, max_grad_norm=1.0)
         run_epochs(p.module, p.optimizer, p.loader, epochs)
@@ -146,13 +146,9 @@ def dpsgd(quick: bool, repeats: int) -> dict[str, Any]:
     times = interleaved({"non-private (baseline)": nonprivate, "Opacus DP-SGD": private}, repeats)
     ratio = times["Opacus DP-SGD"]["median_s"] / times["non-private (baseline)"]["median_s"]
     out = {"records": len(y), "epochs": epochs, "batch_size": batch,
-           "trainable_parameters": sum(p.numel() for p in _copy(initial).parameters() if p.requires_grad),
+           "trainable_parameters": sum(p.numel() for p in initial.parameters() if p.requires_grad),
            "rows": times, "target": verdict(ratio, 2.0, higher_is_better=False)}
     for name, t in times.items():
         say(f"  dpsgd  {name:24s} {t['median_s'] / epochs * 1e3:8.1f} ms/epoch")
     say(f"  dpsgd  DP-SGD / non-private  {ratio:.2f} x")
     return out
-
-
-def _copy(module: Any) -> Any:
-    return copy.deepcopy(module)

@@ -273,9 +273,9 @@ class PateAnalysis:
     """Privacy cost of a batch of GNMax / Confident-GNMax queries, both ways.
 
     ``per_query_rdp`` is the data-dependent cost of each query, shape
-    (n, len(orders)), or None when not kept; the ``*_data_dependent`` fields bound the loss *on these
-    votes* (not DP by themselves), the ``*_data_independent`` fields are the
-    worst-case guarantee.
+    (n, len(orders)), or None when not kept; the ``*_data_dependent`` fields
+    bound the loss *on these votes* (not DP by themselves), the
+    ``*_data_independent`` fields are the worst-case guarantee.
     """
 
     orders: np.ndarray
